@@ -1,0 +1,101 @@
+"""Random-access sources: `tfds.data_source` over array_record files, never touching the network.
+
+Data dir resolution: the `data_dir` argument, else the TFDS_DATA_DIR environment variable, else
+~/tensorflow_datasets (TFDS's own default).
+
+digits and mnist1d are built into the data dir on first use (a few seconds) and reused afterwards.
+cifar10, cifar100 and imagenet2012 must already be prepared there as array_record; otherwise
+`DatasetNotFoundError` is raised at once, naming the dataset, the directory and the command that
+prepares it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+from pcjax.data import builders  # noqa: F401  (registers "digits" and "mnist1d" with TFDS)
+from pcjax.data.specs import spec
+
+_BUILD_LOCK = threading.Lock()
+_FORMAT = tfds.core.FileFormat.ARRAY_RECORD
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset that pcjax cannot build itself is not prepared in the data dir."""
+
+
+def default_data_dir() -> str:
+    """TFDS_DATA_DIR if set, else ~/tensorflow_datasets."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
+    """The data dir actually used: `data_dir` if given, else `default_data_dir()`."""
+    return os.fspath(data_dir) if data_dir is not None else default_data_dir()
+
+
+def source(
+    name: str, split: str, *, data_dir: str | os.PathLike | None = None
+) -> Sequence[dict[str, Any]]:
+    """Random-access source of decoded examples {"image", "label", ...} of one split.
+
+    Args:
+      name: a dataset of `pcjax.data.names()`.
+      split: a TFDS split string, slicing included: "train", "test", "train[:90%]",
+        "train[90%:]", "validation[:1000]".
+      data_dir: the TFDS data dir (see the module docstring for the default).
+
+    Returns:
+      a `tfds.data_source` (length and integer indexing; examples as NumPy arrays).
+
+    Raises:
+      DatasetNotFoundError: `name` is not a locally built dataset and is not prepared in
+        `data_dir` as array_record.
+    """
+    dataset_spec = spec(name)
+    data_dir = resolve_data_dir(data_dir)
+    builder = tfds.builder(name, data_dir=data_dir, try_gcs=False, file_format=_FORMAT)
+    if dataset_spec.local:
+        _build_once(builder)
+    else:
+        _check_prepared(builder, data_dir)
+    # `builder.as_data_source` reads prepared files only, whereas `tfds.data_source` may start a
+    # download: that must never happen here.
+    return builder.as_data_source(split=split, file_format=_FORMAT)
+
+
+def _build_once(builder: tfds.core.DatasetBuilder) -> None:
+    """Builds a local dataset unless already built (TFDS writes to a temporary dir and renames)."""
+    with _BUILD_LOCK:
+        if builder.is_prepared():
+            return
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                try_download_gcs=False,
+                compute_stats=tfds.download.ComputeStatsMode.SKIP,
+            )
+        )
+
+
+def _check_prepared(builder: tfds.core.DatasetBuilder, data_dir: str) -> None:
+    dataset_spec = spec(builder.name)
+    command = dataset_spec.prepare_command.format(data_dir=data_dir)
+    if not builder.is_prepared():
+        raise DatasetNotFoundError(
+            f"Dataset {builder.name!r} is not prepared: no TFDS data in {builder.data_dir} "
+            f"(data dir {data_dir}; set it with data_dir=... or TFDS_DATA_DIR). "
+            f"Prepare it with: {command}"
+        )
+    if _FORMAT not in builder.info.available_file_formats():
+        stored = builder.info.file_format.value
+        raise DatasetNotFoundError(
+            f"Dataset {builder.name!r} in {builder.data_dir} is stored as {stored}, but "
+            "random access needs array_record. Convert it with: tfds convert_format "
+            f"--dataset_version_dir={builder.data_dir} --out_file_format=array_record, "
+            f"or prepare it again with: {command}"
+        )
