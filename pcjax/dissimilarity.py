@@ -1,0 +1,97 @@
+"""Pairwise dissimilarities between feature vectors, safe to differentiate everywhere.
+
+A dissimilarity only has to order pairs (perception coherence compares ranks), so any of these
+works as ``d_T`` or ``d_S`` in the loss: see DESIGN.md §1.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+Metric = str | Callable[[jax.Array, jax.Array], jax.Array]
+
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+
+
+def _compute_dtype(*arrays: jax.Array) -> jnp.dtype:
+    # Half-precision features are compared in float32: distances feed rankings, and bfloat16
+    # has too few mantissa bits to separate close pairs.
+    return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
+def _safe_sqrt(x: jax.Array) -> jax.Array:
+    """sqrt with value 0 and gradient 0 at x <= 0 (instead of an infinite gradient at 0)."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
+def _unit_rows(x: jax.Array) -> jax.Array:
+    """x / ||x|| row-wise; a zero row maps to the zero vector with zero gradient."""
+    squared_norm = jnp.sum(x * x, axis=-1, keepdims=True)
+    positive = squared_norm > 0
+    return jnp.where(positive, x * jax.lax.rsqrt(jnp.where(positive, squared_norm, 1.0)), 0.0)
+
+
+def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
+    # ||x||^2 + ||y||^2 - 2 x.y costs one matmul and O(n m) memory; the direct form would
+    # materialize an (n, m, d) difference tensor. Rounding can make it slightly negative.
+    cross = x @ y.T
+    squared = jnp.sum(x * x, axis=-1)[:, None] + jnp.sum(y * y, axis=-1)[None, :] - 2.0 * cross
+    return jnp.maximum(squared, 0.0)
+
+
+def _check_metric(metric: Metric, argument: str) -> None:
+    if callable(metric):
+        return
+    if metric not in METRICS:
+        raise ValueError(
+                f"{argument} must be one of {METRICS} or a callable d(u, v) -> scalar, got {metric!r}."
+        )
+
+
+def pairwise_dissimilarity(
+        x: jax.Array, y: jax.Array | None = None, metric: Metric = "euclidean"
+) -> jax.Array:
+    """All pairwise dissimilarities between the rows of ``x`` and the rows of ``y``.
+
+    Metrics, for rows u of x and v of y:
+        * ``"euclidean"``:   ||u - v||_2
+        * ``"sqeuclidean"``: ||u - v||_2^2
+        * ``"cosine"``:      1 - <u, v> / (||u|| ||v||), in [0, 2]; a zero vector has cosine 0 with
+            everything, i.e. dissimilarity 1.
+        * a callable ``d(u, v)`` taking two (d,) vectors and returning a scalar; it is vmapped over
+            both batches (so it may build O(n m d) intermediates).
+
+    Values and gradients are finite at zero vectors and at duplicate points (where the euclidean
+    distance is not differentiable, the gradient returned is 0, a valid subgradient).
+
+    Args:
+        x: (n, d) features.
+        y: (m, d) features; ``None`` means ``x`` (the (n, n) self-dissimilarity matrix).
+        metric: one of ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"`` or a callable.
+
+    Returns:
+        (n, m) dissimilarities, in float32 (or float64 for float64 input).
+    """
+    _check_metric(metric, "metric")
+    y_given = y is not None
+    y = x if y is None else y
+    for name, value in (("x", x), ("y", y)):
+        if value.ndim != 2:
+            raise ValueError(f"{name} must have shape (batch, features), got shape {value.shape}.")
+    if y_given and x.shape[1] != y.shape[1]:
+        raise ValueError(
+                f"x and y must have the same feature size, got x {x.shape} and y {y.shape}."
+        )
+    dtype = _compute_dtype(x, y)
+    x = x.astype(dtype)
+    y = y.astype(dtype)
+    if callable(metric):
+        return jax.vmap(lambda u: jax.vmap(lambda v: metric(u, v))(y))(x).astype(dtype)
+    if metric == "cosine":
+        return 1.0 - _unit_rows(x) @ _unit_rows(y).T
+    squared = _squared_euclidean(x, y)
+    if metric == "sqeuclidean":
+        return squared
+    return _safe_sqrt(squared)
