@@ -1,0 +1,241 @@
+"""Distillation baselines, as pure JAX functions of the student's and the teacher's outputs.
+
+Definitions and defaults follow the PyTorch reference implementations the field benchmarks with:
+RepDistiller (Tian, Krishnan, Isola, "Contrastive Representation Distillation", ICLR 2020),
+``distiller_zoo/*.py``, except where a docstring says otherwise. Every function takes
+``(student, teacher)`` with the batch on axis 0, computes in float32 (float64 for float64 input),
+returns a scalar and passes no gradient to the teacher side: the teacher is frozen.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from pcjax.dissimilarity import pairwise_dissimilarity
+from pcjax.losses._checks import check_pair
+
+
+def _prepare(student: jax.Array, teacher: jax.Array) -> tuple[jax.Array, jax.Array]:
+    dtype = jnp.promote_types(jnp.result_type(student, teacher), jnp.float32)
+    return student.astype(dtype), jax.lax.stop_gradient(teacher.astype(dtype))
+
+
+def _safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """numerator / denominator, and 0 (with zero gradient) where the denominator is 0."""
+    nonzero = denominator != 0
+    return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1.0), 0.0)
+
+
+def _normalize_rows(x: jax.Array, eps: float) -> jax.Array:
+    """x / max(||x||, eps) row-wise, as torch.nn.functional.normalize (zero rows stay zero)."""
+    squared_norm = jnp.sum(x * x, axis=-1, keepdims=True)
+    norm = jnp.sqrt(jnp.maximum(squared_norm, eps * eps))
+    return x / norm
+
+
+def kd(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float = 4.0) -> jax.Array:
+    """Knowledge distillation (Hinton, Vinyals, Dean, 2015, arXiv:1503.02531).
+
+        loss = T^2 / B * sum_i KL( softmax(t_i / T) || softmax(s_i / T) )
+
+    The T^2 factor keeps the gradient scale independent of T (RepDistiller ``DistillKL``).
+
+    Args:
+      student_logits, teacher_logits: (B, C) logits.
+      temperature: T > 0; RepDistiller's default is 4.
+
+    Returns:
+      Scalar KL divergence in nats, scaled by T^2.
+    """
+    check_pair(
+        student_logits, teacher_logits, student_name="student_logits",
+        teacher_name="teacher_logits", same_width=True,
+    )
+    student, teacher = _prepare(student_logits, teacher_logits)
+    log_p_student = jax.nn.log_softmax(student / temperature, axis=-1)
+    log_p_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
+    return jnp.mean(kl) * temperature**2
+
+
+def fitnet(student_features: jax.Array, teacher_features: jax.Array) -> jax.Array:
+    """FitNets hint loss (Romero et al., ICLR 2015, arXiv:1412.6550).
+
+        loss = mean over all B x D entries of (r(s) - t)^2
+
+    where r is the learned regressor: the caller passes the student features already mapped to the
+    teacher's width (the registry marks this loss ``projection="linear"``). RepDistiller applies
+    it to an intermediate feature map through a conv regressor; here it acts on the (B, D)
+    features the models return.
+
+    Args:
+      student_features: (B, D) regressed student features.
+      teacher_features: (B, D) teacher features.
+    """
+    check_pair(student_features, teacher_features, same_width=True)
+    student, teacher = _prepare(student_features, teacher_features)
+    return jnp.mean((student - teacher) ** 2)
+
+
+def _smooth_l1(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Mean Huber loss with threshold 1 (torch.nn.functional.smooth_l1_loss defaults)."""
+    diff = jnp.abs(x - y)
+    return jnp.mean(jnp.where(diff < 1.0, 0.5 * diff * diff, diff - 0.5))
+
+
+def _rkd_distances(x: jax.Array) -> jax.Array:
+    """Euclidean distances with the diagonal exactly 0, divided by the mean nonzero distance."""
+    distances = pairwise_dissimilarity(x, metric="euclidean")
+    distances = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, distances)
+    nonzero = jnp.sum(distances > 0)
+    return _safe_divide(distances, jnp.sum(distances) / jnp.maximum(nonzero, 1))
+
+
+def _rkd_angles(x: jax.Array) -> jax.Array:
+    """(B, B, B) cosines cos_ijk of the angle between x_j - x_i and x_k - x_i (0 if j or k is i).
+
+    Computed from the Gram matrix, <x_j - x_i, x_k - x_i> = G_jk - G_ij - G_ik + G_ii, so the
+    memory is O(B^3 + B D) instead of the O(B^2 D) of explicit difference vectors. Centering
+    first changes no angle and reduces cancellation.
+    """
+    x = x - jnp.mean(x, axis=0, keepdims=True)
+    gram = x @ x.T
+    diag = jnp.diagonal(gram)
+    inner = gram[None, :, :] - gram[:, :, None] - gram[:, None, :] + diag[:, None, None]
+    lengths = jnp.where(
+        jnp.eye(x.shape[0], dtype=bool), 0.0, pairwise_dissimilarity(x, metric="euclidean")
+    )
+    return _safe_divide(inner, lengths[:, :, None] * lengths[:, None, :])
+
+
+def rkd(
+    student_features: jax.Array,
+    teacher_features: jax.Array,
+    *,
+    distance_weight: float = 25.0,
+    angle_weight: float = 50.0,
+) -> jax.Array:
+    """Relational knowledge distillation (Park, Kim, Lu, Cho, CVPR 2019, arXiv:1904.05068).
+
+        psi_D(i, j) = ||x_i - x_j|| / mu,  mu = mean of the nonzero distances in the batch
+        psi_A(i, j, k) = cos of the angle at x_i between x_j and x_k
+        loss = w_d * Huber(psi_D^S, psi_D^T) + w_a * Huber(psi_A^S, psi_A^T)
+
+    Huber is the mean smooth-L1 loss with threshold 1 over all B^2 (resp. B^3) entries; the
+    defaults w_d = 25, w_a = 50 are RepDistiller's. Memory is O(B^3) for the angle term.
+
+    Args:
+      student_features: (B, Ds) student features.
+      teacher_features: (B, Dt) teacher features (widths may differ).
+      distance_weight: w_d.
+      angle_weight: w_a.
+    """
+    check_pair(student_features, teacher_features, min_batch=2)
+    student, teacher = _prepare(student_features, teacher_features)
+    distance_loss = _smooth_l1(_rkd_distances(student), _rkd_distances(teacher))
+    angle_loss = _smooth_l1(_rkd_angles(student), _rkd_angles(teacher))
+    return distance_weight * distance_loss + angle_weight * angle_loss
+
+
+def pkt(
+    student_features: jax.Array, teacher_features: jax.Array, *, eps: float = 1e-7
+) -> jax.Array:
+    """Probabilistic knowledge transfer (Passalis, Tefas, ECCV 2018, arXiv:1803.10837).
+
+    With cosine similarities c_ij = <x_i / (||x_i|| + eps), x_j / (||x_j|| + eps)>, conditional
+    probabilities p_{j|i} = (c_ij + 1) / sum_k (c_ik + 1), and
+
+        loss = mean over all B^2 pairs of p^T_{j|i} log((p^T_{j|i} + eps) / (p^S_{j|i} + eps))
+
+    (RepDistiller ``PKT.cosine_similarity_loss``, eps = 1e-7; the self pair j = i is included).
+    Unlike the reference code, NaN features are not zeroed: they give a NaN loss.
+
+    Args:
+      student_features: (B, Ds) student features.
+      teacher_features: (B, Dt) teacher features (widths may differ).
+      eps: the stabilizer of the norms and of the logarithm.
+    """
+    check_pair(student_features, teacher_features, min_batch=2)
+    student, teacher = _prepare(student_features, teacher_features)
+
+    def probabilities(x: jax.Array) -> jax.Array:
+        squared_norm = jnp.sum(x * x, axis=-1, keepdims=True)
+        positive = squared_norm > 0
+        norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, squared_norm, 1.0)), 0.0)
+        unit = x / (norm + eps)
+        similarity = (unit @ unit.T + 1.0) / 2.0
+        return similarity / jnp.sum(similarity, axis=-1, keepdims=True)
+
+    p_student = probabilities(student)
+    p_teacher = probabilities(teacher)
+    return jnp.mean(p_teacher * jnp.log((p_teacher + eps) / (p_student + eps)))
+
+
+def sp(student_features: jax.Array, teacher_features: jax.Array) -> jax.Array:
+    """Similarity-preserving distillation (Tung, Mori, ICCV 2019, arXiv:1907.09682).
+
+        G = row-L2-normalize(f f^T)      (B, B)
+        loss = ||G^T - G^S||_F^2 / B^2
+
+    RepDistiller applies it to the last feature map flattened; here it acts on the (B, D) features
+    given.
+
+    Args:
+      student_features: (B, Ds) student features.
+      teacher_features: (B, Dt) teacher features (widths may differ).
+    """
+    check_pair(student_features, teacher_features, min_batch=2)
+    student, teacher = _prepare(student_features, teacher_features)
+
+    def similarity(x: jax.Array) -> jax.Array:
+        return _normalize_rows(x @ x.T, eps=1e-12)
+
+    batch = student.shape[0]
+    return jnp.sum((similarity(teacher) - similarity(student)) ** 2) / (batch * batch)
+
+
+def cc(
+    student_embedding: jax.Array,
+    teacher_embedding: jax.Array,
+    *,
+    gamma: float = 0.4,
+    order: int = 2,
+) -> jax.Array:
+    """Correlation congruence (Peng et al., ICCV 2019, arXiv:1904.01802).
+
+    The correlation between two L2-normalized embeddings is a Gaussian RBF kernel,
+    k(u, v) = exp(-gamma ||u - v||^2) = exp(-2 gamma) exp(2 gamma <u, v>), approximated by its
+    Taylor expansion to ``order`` P:
+
+        C_ij = sum_{p=0}^{P} exp(-2 gamma) (2 gamma)^p / p! <u_i, u_j>^p
+        loss = mean over all B^2 entries of (C^S_ij - C^T_ij)^2
+
+    with the paper's gamma = 0.4 and P = 2. The student side is a learned linear embedding of the
+    student features (registry ``projection="linear"``). Note: RepDistiller's ``Correlation``
+    module computes a different quantity (mean_i sum_d |s_i - t_i|_d |s_{i+1} - t_{i+1}|_d on
+    embeddings of both networks); this function implements the paper's kernel form.
+
+    Args:
+      student_embedding: (B, Es) embedded student features.
+      teacher_embedding: (B, Et) teacher features (or their embedding); widths may differ.
+      gamma: the RBF kernel's gamma.
+      order: P, the highest power kept in the Taylor expansion.
+    """
+    check_pair(
+        student_embedding, teacher_embedding, student_name="student_embedding",
+        teacher_name="teacher_embedding", min_batch=2,
+    )
+    if order < 0:
+        raise ValueError(f"order must be a non-negative integer, got {order}.")
+    student, teacher = _prepare(student_embedding, teacher_embedding)
+    coefficients = [
+        math.exp(-2.0 * gamma) * (2.0 * gamma) ** p / math.factorial(p) for p in range(order + 1)
+    ]
+
+    def correlation(x: jax.Array) -> jax.Array:
+        unit = _normalize_rows(x, eps=1e-12)
+        similarity = unit @ unit.T
+        return sum(c * similarity**p for p, c in enumerate(coefficients))
+
+    return jnp.mean((correlation(student) - correlation(teacher)) ** 2)
