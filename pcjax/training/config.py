@@ -1,0 +1,173 @@
+"""The run configuration: its schema (defaults) and its validation.
+
+A config is an ``ml_collections.ConfigDict``; ``configs/*.py`` build one with `base_config` and
+`phase_config` and override what differs. Schema (``phase`` = the teacher's or the student's
+training phase):
+
+    name              run name; the default workdir is ``./workdir/<name>``
+    seed              seeds init, data order and per-step rng (``fold_in(key, step)``)
+    dataset           a ``pcjax.data`` dataset name; ``data_dir`` ("" = the pipeline's default)
+    train_split, eval_split   TFDS split strings ("train", "test", "train[:90%]", ...)
+    distributed       call ``jax.distributed.initialize()`` (also done when JAX_COORDINATOR_ADDRESS is set)
+    num_devices       devices of the data mesh; 0 = all
+    teacher.model     a ``pcjax.models`` name; ``teacher.checkpoint``: "" = train it into
+                                        ``<workdir>/teacher``, else the directory of an exported teacher to load
+    teacher.train / student.train   phase:
+            batch_size (global), num_steps (> 0) or num_epochs, augment, log_every, checkpoint_every,
+            keep_checkpoints, eval_every (0 = at the end only),
+            optimizer: name (sgd | adamw), learning_rate, momentum, nesterov, weight_decay, b1, b2,
+                                  grad_clip_norm (0 = off)
+            schedule: name (constant | piecewise | cosine), warmup_steps or warmup_epochs,
+                                decay_steps or decay_epochs (piecewise boundaries), decay_factor, end_factor (cosine)
+    student.model     a ``pcjax.models`` name
+    distill.protocol  class_unaware (beta * transfer) | class_aware (gamma*CE + alpha*KD + beta*transfer)
+    distill.loss      a ``pcjax.losses`` name; ``loss_kwargs`` passed to it; ``beta`` (None = the
+                                        loss's ``LossSpec.default_weight``), ``alpha``, ``gamma``, ``kd_temperature``
+    eval              batch_size, knn_k, probe_train_split ("" = train_split), pc_chunk_size (0 = whole set)
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from pcjax.training import optim
+
+PROTOCOLS = ("class_unaware", "class_aware")
+
+
+def phase_config(**overrides) -> ml_collections.ConfigDict:
+    """A training phase with RepDistiller-like SGD defaults; keyword arguments override fields."""
+    phase = ml_collections.ConfigDict(dict(
+            batch_size=64, num_steps=0, num_epochs=240.0, augment=True,
+            log_every=100, checkpoint_every=1000, keep_checkpoints=2, eval_every=0,
+            optimizer=dict(name="sgd", learning_rate=0.05, momentum=0.9, nesterov=False,
+                                          weight_decay=5e-4, b1=0.9, b2=0.999, grad_clip_norm=0.0),
+            schedule=dict(name="piecewise", warmup_steps=0, warmup_epochs=0.0, decay_steps=(),
+                                        decay_epochs=(150, 180, 210), decay_factor=0.1, end_factor=0.0),
+    ))
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            phase[key].update(value)
+        else:
+            phase[key] = value
+    return phase
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key of the schema with its default (configs/*.py override what differs)."""
+    return ml_collections.ConfigDict(dict(
+            name="run", seed=0, dataset="digits", data_dir="", train_split="train",
+            eval_split="test", distributed=False, num_devices=0,
+            teacher=dict(model="digits_cnn", checkpoint="", train=phase_config()),
+            student=dict(model="digits_student", train=phase_config()),
+            distill=dict(protocol="class_unaware", loss="perception_coherence",
+                                      loss_kwargs=ml_collections.ConfigDict(),
+                                      beta=config_dict.placeholder(float), alpha=0.0, gamma=1.0,
+                                      kd_temperature=4.0),
+            eval=dict(batch_size=256, knn_k=5, probe_train_split="", pc_chunk_size=0),
+    ))
+
+
+def _fail(key: str, message: str):
+    raise ValueError(f"config.{key}: {message}")
+
+
+def _check_phase(prefix: str, phase: ml_collections.ConfigDict, num_devices: int):
+    if phase.batch_size <= 0:
+        _fail(f"{prefix}.batch_size", f"must be positive, got {phase.batch_size}")
+    if phase.batch_size % num_devices:
+        _fail(f"{prefix}.batch_size",
+                    f"global batch size {phase.batch_size} is not divisible by the {num_devices} devices "
+                    "of the data mesh; use a multiple of the device count")
+    if phase.num_steps < 0 or phase.num_epochs < 0 or (phase.num_steps == 0 and phase.num_epochs == 0):
+        _fail(f"{prefix}.num_steps",
+                    f"set num_steps > 0 or num_epochs > 0 (got {phase.num_steps} and {phase.num_epochs})")
+    for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+        if phase[key] <= 0:
+            _fail(f"{prefix}.{key}", f"must be positive, got {phase[key]}")
+    if phase.eval_every < 0:
+        _fail(f"{prefix}.eval_every", f"must be >= 0, got {phase.eval_every}")
+    opt, sched = phase.optimizer, phase.schedule
+    if opt.name not in optim.OPTIMIZERS:
+        _fail(f"{prefix}.optimizer.name", f"unknown optimizer {opt.name!r}; expected one of {optim.OPTIMIZERS}")
+    if not opt.learning_rate > 0:
+        _fail(f"{prefix}.optimizer.learning_rate", f"must be positive, got {opt.learning_rate}")
+    if opt.weight_decay < 0:
+        _fail(f"{prefix}.optimizer.weight_decay", f"must be >= 0, got {opt.weight_decay}")
+    if not 0 <= opt.momentum < 1:
+        _fail(f"{prefix}.optimizer.momentum", f"must be in [0, 1), got {opt.momentum}")
+    if opt.grad_clip_norm < 0:
+        _fail(f"{prefix}.optimizer.grad_clip_norm", f"must be >= 0, got {opt.grad_clip_norm}")
+    if sched.name not in optim.SCHEDULES:
+        _fail(f"{prefix}.schedule.name", f"unknown schedule {sched.name!r}; expected one of {optim.SCHEDULES}")
+    if sched.warmup_steps < 0 or sched.warmup_epochs < 0:
+        _fail(f"{prefix}.schedule.warmup_steps", "warmup must be >= 0")
+    for key in ("decay_steps", "decay_epochs"):
+        values = list(sched[key])
+        if any(v <= 0 for v in values) or values != sorted(set(values)):
+            _fail(f"{prefix}.schedule.{key}", f"must be positive and strictly increasing, got {tuple(values)}")
+    if not 0 < sched.decay_factor <= 1:
+        _fail(f"{prefix}.schedule.decay_factor", f"must be in (0, 1], got {sched.decay_factor}")
+    if not 0 <= sched.end_factor <= 1:
+        _fail(f"{prefix}.schedule.end_factor", f"must be in [0, 1], got {sched.end_factor}")
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
+    """Checks every value a run depends on, before any training starts.
+
+    Args:
+        config: the run config (see the module docstring for the schema).
+        num_devices: devices of the data mesh; each phase's global batch must divide evenly.
+
+    Raises:
+        ValueError: naming the offending key (``config.student.train.batch_size: ...``).
+    """
+    from pcjax import data, losses, models  # Registries; imported late so schema-only use is light.
+
+    try:
+        data.spec(config.dataset)
+    except (KeyError, ValueError) as e:
+        _fail("dataset", f"unknown dataset {config.dataset!r} ({e})")
+    known_models = models.names()
+    for role in ("teacher", "student"):
+        if config[role].model not in known_models:
+            _fail(f"{role}.model", f"unknown model {config[role].model!r}; known: {', '.join(known_models)}")
+    if config.distill.protocol not in PROTOCOLS:
+        _fail("distill.protocol", f"unknown protocol {config.distill.protocol!r}; expected one of {PROTOCOLS}")
+    if config.distill.loss not in losses.names():
+        _fail("distill.loss", f"unknown loss {config.distill.loss!r}; known: {', '.join(losses.names())}")
+    for key in ("beta", "alpha", "gamma"):
+        value = config.distill[key]
+        if value is not None and value < 0:
+            _fail(f"distill.{key}", f"loss weights must be >= 0, got {value}")
+    if not any(loss_weights(config).values()):
+        _fail("distill.beta", "every loss weight is 0: nothing would be trained")
+    if config.distill.kd_temperature <= 0:
+        _fail("distill.kd_temperature", f"must be positive, got {config.distill.kd_temperature}")
+    if config.num_devices < 0:
+        _fail("num_devices", f"must be >= 0 (0 = all devices), got {config.num_devices}")
+    for role in ("teacher", "student"):
+        _check_phase(f"{role}.train", config[role].train, num_devices)
+    if config.eval.batch_size <= 0 or config.eval.batch_size % num_devices:
+        _fail("eval.batch_size", f"must be a positive multiple of the {num_devices} devices, got "
+                    f"{config.eval.batch_size}")
+    if config.eval.knn_k <= 0:
+        _fail("eval.knn_k", f"must be positive, got {config.eval.knn_k}")
+    if config.eval.pc_chunk_size < 0:
+        _fail("eval.pc_chunk_size", f"must be >= 0, got {config.eval.pc_chunk_size}")
+
+
+def loss_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """The protocol's loss weights ``{"ce", "kd", "transfer"}``.
+
+    class_unaware trains on the transfer loss alone (weights of CE and KD are 0 whatever the config
+    says); class_aware uses gamma, alpha and beta. beta defaults to the loss's RepDistiller weight.
+    """
+    from pcjax import losses
+
+    d = config.distill
+    beta = d.beta if d.beta is not None else float(losses.get(d.loss).default_weight)
+    if d.protocol == "class_unaware":
+        return {"ce": 0.0, "kd": 0.0, "transfer": beta}
+    return {"ce": float(d.gamma), "kd": float(d.alpha), "transfer": beta}

@@ -1,0 +1,56 @@
+"""Evaluation on frozen models: top-1, linear probe, kNN and pc_score.
+
+Features and logits are computed once per (model, split) in eval mode, in batches padded by the
+input pipeline; the padding rows are dropped with the batch mask so every example counts once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+from pcjax import metrics
+from pcjax.training import sharding
+
+
+def predict(forward: Callable, variables, batches: Iterable[dict]) -> dict[str, np.ndarray]:
+    """Runs `forward(variables, images)` over `batches`; returns host arrays of the real examples.
+
+    Returns:
+        {"features": (N, D), "logits": (N, C), "label": (N,)} with N the number of unpadded examples.
+    """
+    chunks = {"features": [], "logits": [], "label": []}
+    for batch in batches:
+        out = forward(variables, batch["image"])
+        host = sharding.to_host({"features": out.features, "logits": out.logits,
+                                                          "label": batch["label"], "mask": batch["mask"]})
+        keep = host["mask"].astype(bool)
+        for key in chunks:
+            chunks[key].append(host[key][keep])
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def top1(pred: dict[str, np.ndarray]) -> float:
+    """Top-1 accuracy of the logits of a `predict` result, in [0, 1]."""
+    return float(metrics.accuracy(pred["logits"], pred["label"]))
+
+
+def feature_quality(train: dict[str, np.ndarray], test: dict[str, np.ndarray], *, knn_k: int
+                                        ) -> dict[str, float]:
+    """Linear-probe and kNN top-1 of frozen features: fit on `train`, score on `test`, in [0, 1]."""
+    return {
+            "linear_probe": float(metrics.linear_probe_accuracy(
+                    train["features"], train["label"], test["features"], test["label"])),
+            "knn": float(metrics.knn_accuracy(
+                    train["features"], train["label"], test["features"], test["label"], k=knn_k)),
+    }
+
+
+def coherence(student: dict[str, np.ndarray], teacher: dict[str, np.ndarray], *,
+                            chunk_size: int, student_metric: str = "euclidean",
+                            teacher_metric: str = "euclidean") -> float:
+    """`pc_score` of the student's features against the teacher's over the same examples, in [-1, 1]."""
+    return float(metrics.pc_score(student["features"], teacher["features"],
+                                                                student_metric=student_metric, teacher_metric=teacher_metric,
+                                                                chunk_size=chunk_size or None))

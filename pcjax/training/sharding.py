@@ -1,0 +1,71 @@
+"""The device mesh and the two shardings a run uses: batch split on "data", state replicated.
+
+Data parallelism over every device of every host: one global-view ``jax.jit`` whose inputs are
+global ``jax.Array``s; XLA (GSPMD) inserts the cross-device reductions, so a loss that ranks over the
+whole batch (the perception coherence loss) sees the global batch exactly as on one device.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed(enabled: bool) -> bool:
+    """Starts multi-host JAX when asked by the config or by the environment.
+
+    ``jax.distributed.initialize()`` reads the coordinator, process count and id from the cluster
+    (Cloud TPU, SLURM, ...) or from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+    Must run before anything touches a device. Returns whether it was called.
+    """
+    if enabled or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def make_mesh(num_devices: int = 0, devices=None) -> Mesh:
+    """A 1-D mesh with axis "data" over ``num_devices`` devices (0 = all of ``devices``).
+
+    Auto axis types: sharding is propagated by the compiler rather than typed into every array, so
+    model and loss code need no sharding annotations.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if num_devices:
+        if num_devices > len(devices):
+            raise ValueError(f"num_devices: asked for {num_devices} devices, only {len(devices)} exist")
+        devices = devices[:num_devices]
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (parameters, optimizer state, metrics)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over "data"."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh, key: str) -> None:
+    """Raises ValueError naming `key` when the global batch does not split evenly over the mesh."""
+    n = mesh.shape[DATA_AXIS]
+    if global_batch_size % n:
+        raise ValueError(f"config.{key}: global batch size {global_batch_size} is not divisible by the "
+                                          f"{n} devices of the data mesh")
+
+
+def to_host(tree):
+    """NumPy copy of a tree of (possibly multi-host) arrays, gathered on every process."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+    return jax.tree.map(get, tree)

@@ -1,0 +1,99 @@
+"""The train state as a plain pytree, and the NNX split/merge around it.
+
+A model is an ``nnx.Module``; for the jitted step it is split once into a static ``graphdef`` and
+three states: ``params`` (``nnx.Param``, trained), ``rng_state`` (``nnx.RngState``: reseeded from the
+step every step, so it is neither carried nor checkpointed) and ``model_state`` (everything else:
+BatchNorm statistics). The step function is pure over ``TrainState`` and merges them back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What a phase trains and checkpoints.
+
+    Attributes:
+        step: int32 scalar, number of train steps done.
+        params: ``nnx.State`` of the trainable ``nnx.Param``s.
+        model_state: ``nnx.State`` of the other variables (BatchNorm running statistics).
+        opt_state: the optax state of ``params``.
+    """
+
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+
+
+class Student(nnx.Module):
+    """A student network plus, when the transfer loss needs one, its learned projection head.
+
+    The head (FitNet's regressor, CC's embedding) maps the student's loss input (features or logits,
+    of size ``in_dim``) linearly to the teacher's size ``out_dim``; it is trained with the student
+    and saved in its checkpoint. Calling the student returns the network's ``ModelOutput``.
+    """
+
+    def __init__(self, net: nnx.Module, head_dims: tuple[int, int] | None, *, rngs: nnx.Rngs):
+        self.net = net
+        self.head = nnx.Linear(*head_dims, rngs=rngs) if head_dims else None
+
+    def __call__(self, x, *, train: bool):
+        return self.net(x, train=train)
+
+    def project(self, y):
+        """The loss-side view of the student output `y` (B, in_dim) -> (B, out_dim), or `y` itself."""
+        return y if self.head is None else self.head(y)
+
+
+def split(model: nnx.Module):
+    """``(graphdef, params, rng_state, model_state)`` of `model`."""
+    return nnx.split(model, nnx.Param, nnx.RngState, ...)
+
+
+def merge(graphdef, params, rng_state, model_state, *, step_key=None) -> nnx.Module:
+    """Rebuilds the module; with `step_key`, reseeds every rng stream it holds from that key.
+
+    Reseeding from ``fold_in(base_key, step)`` makes dropout (or any stochastic layer) a function
+    of the step, which is what makes a resumed run identical to an uninterrupted one.
+    """
+    model = nnx.merge(graphdef, params, rng_state, model_state)
+    if step_key is not None:
+        tags = sorted({node.tag for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)})
+        if tags:
+            nnx.reseed(model, **{t: jax.random.fold_in(step_key, i) for i, t in enumerate(tags)})
+    return model
+
+
+def create(model_fn, tx: optax.GradientTransformation, sharding):
+    """Builds the model and its optimizer state directly with `sharding` (one jitted init).
+
+    Args:
+        model_fn: () -> nnx.Module, deterministic (seeded inside).
+        tx: the optimizer.
+        sharding: placement of every state array (replicated for data parallelism).
+
+    Returns:
+        ``(graphdef, rng_state, TrainState)``; ``rng_state`` is a constant of the step function.
+    """
+    graphdef, *_ = split(nnx.eval_shape(model_fn))
+
+    def init():
+        _, params, rng_state, model_state = split(model_fn())
+        return rng_state, TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
+
+    rng_state, state = jax.jit(init, out_shardings=sharding)()
+    return graphdef, rng_state, state
+
+
+def export_variables(state: TrainState) -> dict:
+    """The inference variables of a trained model (what the teacher export holds)."""
+    return {"params": state.params, "model_state": state.model_state}

@@ -1,0 +1,39 @@
+"""Train a teacher, distill a student, evaluate both.
+
+  python train.py                                   # configs/digits.py into ./workdir/digits
+  python train.py --config configs/cifar100.py:resnet32x4_resnet8x4 --workdir runs/r32x4_r8x4
+  python train.py --config configs/digits.py --config.distill.loss=rkd --config.seed=1
+
+--config takes a config file (``path[:arg]``, big_vision style) and ``--config.key=value``
+overrides; --workdir defaults to ./workdir/<config.name>. Rerunning the same command resumes from
+the workdir's latest checkpoints. Multi-host: set --config.distributed=True (or the
+JAX_COORDINATOR_ADDRESS environment variable) to call jax.distributed.initialize() first.
+"""
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file (path[:arg]).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default ./workdir/<config.name>).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    from pcjax.training import sharding  # Devices must not be touched before distributed init.
+
+    sharding.maybe_initialize_distributed(config.distributed)
+    from pcjax.training import trainer
+
+    workdir = _WORKDIR.value or trainer.default_workdir(config)
+    results = trainer.run(config, workdir)
+    print(trainer.summary_table(config, results))
+    print(f"workdir: {os.path.abspath(workdir)}")
+
+
+if __name__ == "__main__":
+    app.run(main)
