@@ -2,6 +2,7 @@
 
 from pcjax.data.specs import DatasetSpec, names, spec
 from pcjax.data.sources import DatasetNotFoundError, default_data_dir, source
+from pcjax.data.pipeline import eval_batches, train_batches
 
 __all__ = [
     "DatasetNotFoundError",
@@ -10,4 +11,6 @@ __all__ = [
     "names",
     "source",
     "spec",
+    "train_batches",
+    "eval_batches",
 ]
