@@ -1,9 +1,11 @@
 """Tests of pcjax.data: offline builders, sources, the grain pipeline, augmentation, sharding.
 
-CIFAR-100 cannot be downloaded here, so a tiny stand-in is written with the real `cifar100` builder's
-features (PNG images encoded with PIL, because TFDS's own PNG encoder needs TensorFlow) into a
-temporary data dir. It exercises the real read path (array_record, PNG decoding, split slicing), and
-its metadata lets `tfds.testing.mock_data` run with the real split information.
+CIFAR-100 cannot be downloaded here, so a tiny stand-in is written with the real `cifar100`
+builder's features (PNG images encoded with PIL, because TFDS's own PNG encoder needs TensorFlow)
+into a temporary data dir. It exercises the real read path (array_record, PNG decoding, split
+slicing), and its metadata lets `tfds.testing.mock_data` run with the real split information:
+`mock_data` replaces the records, but pcjax first checks that the dataset is prepared, and without
+metadata files it would (rightly) report the dataset missing.
 """
 
 import collections
@@ -198,7 +200,8 @@ def test_start_step_resumes_the_same_stream(data_dir):
 
 def test_every_epoch_is_a_permutation_of_the_split(data_dir, digits_sources):
     # 100 does not divide 1442, so batches straddle the epoch boundaries.
-    batches = _take(data.train_batches("digits", data_dir=data_dir, global_batch_size=100, seed=0), 29)
+    stream = data.train_batches("digits", data_dir=data_dir, global_batch_size=100, seed=0)
+    batches = _take(stream, 29)
     images = _digits_pixels(np.concatenate([b["image"] for b in batches]))
     labels = np.concatenate([b["label"] for b in batches])
     examples = _examples(digits_sources["train"])
@@ -277,7 +280,7 @@ def test_mesh_eval_batches_carry_the_mask(data_dir):
 def test_mesh_rejects_a_batch_size_the_data_axis_does_not_divide(data_dir):
     mesh = Mesh(np.array(jax.devices()), ("data",))
     with pytest.raises(ValueError, match="global_batch_size=12 must be a multiple"):
-        next(data.train_batches("digits", data_dir=data_dir, global_batch_size=12, seed=0, mesh=mesh))
+        data.train_batches("digits", data_dir=data_dir, global_batch_size=12, seed=0, mesh=mesh)
 
 
 # Augmentation.
@@ -314,7 +317,9 @@ def test_augmentation_depends_only_on_seed_and_position():
     image = np.random.default_rng(1).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
     same = [augment.cifar_crop_flip(image, augment.example_rng(3, 10)) for _ in range(2)]
     np.testing.assert_array_equal(*same)
-    others = [augment.cifar_crop_flip(image, augment.example_rng(s, p)) for s, p in [(4, 10), (3, 11)]]
+    others = [
+        augment.cifar_crop_flip(image, augment.example_rng(s, p)) for s, p in [(4, 10), (3, 11)]
+    ]
     assert any(not np.array_equal(same[0], other) for other in others)
 
 
@@ -367,12 +372,13 @@ def test_cifar100_train_batches_are_augmented_deterministically(cifar_dir):
 
 def test_cifar100_pipeline_runs_under_tfds_mock_data(cifar_dir):
     with tfds.testing.mock_data(num_examples=12, data_dir=cifar_dir):
-        train = _take(
-            data.train_batches("cifar100", data_dir=cifar_dir, split="train[:90%]",
-                               global_batch_size=4, seed=0),
-            4,
+        stream = data.train_batches(
+            "cifar100", data_dir=cifar_dir, split="train[:90%]", global_batch_size=4, seed=0
         )
-        evaluation = list(data.eval_batches("cifar100", "test", data_dir=cifar_dir, global_batch_size=8))
+        train = _take(stream, 4)
+        evaluation = list(
+            data.eval_batches("cifar100", "test", data_dir=cifar_dir, global_batch_size=8)
+        )
     for batch in train:
         assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.float32
         assert ((batch["label"] >= 0) & (batch["label"] < 100)).all()

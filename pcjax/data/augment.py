@@ -63,7 +63,7 @@ def cifar_crop_flip(
 
 
 def _resize(image: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
-    """Bilinear resize of the region `box` = (left, top, right, bottom) of `image` to (H, W) `size`."""
+    """Bilinear resize of `image`'s region `box` = (left, top, right, bottom) to `size` (H, W)."""
     pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
     out = np.asarray(pil.resize((size[1], size[0]), Image.BILINEAR, box=box))
     return out.reshape(size + image.shape[2:])

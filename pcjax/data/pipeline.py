@@ -1,4 +1,4 @@
-"""The input pipeline shared by every dataset: TFDS array_record source -> grain -> (sharded) batches.
+"""The input pipeline of every dataset: TFDS array_record source -> grain -> (sharded) batches.
 
 Training stream. For a split of N examples, the stream is the endless concatenation of epochs; epoch
 e is a permutation of the N examples drawn by grain's random-access index shuffle with a seed
@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grain
+from absl import flags
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -185,6 +186,9 @@ def _iterate(
         read_options or default_read_options()
     )
     if worker_count > 0:
+        # grain's worker processes read absl flags; outside an absl app they are not parsed yet.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     if mesh is None:
         yield from batches

@@ -70,16 +70,26 @@ def source(
 
 
 def _build_once(builder: tfds.core.DatasetBuilder) -> None:
-    """Builds a local dataset unless already built (TFDS writes to a temporary dir and renames)."""
+    """Builds a local dataset unless already built.
+
+    TFDS writes into a temporary directory and renames it when complete, so a reader never sees a
+    partial dataset; the lock keeps threads of this process from building twice.
+    """
     with _BUILD_LOCK:
         if builder.is_prepared():
             return
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                try_download_gcs=False,
-                compute_stats=tfds.download.ComputeStatsMode.SKIP,
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(
+                    try_download_gcs=False,
+                    compute_stats=tfds.download.ComputeStatsMode.SKIP,
+                )
             )
-        )
+        except OSError:
+            # Another process sharing the data dir (multi-host) finished the same build first and
+            # our final rename onto its directory failed: its data are identical, use them.
+            if not builder.is_prepared():
+                raise
 
 
 def _check_prepared(builder: tfds.core.DatasetBuilder, data_dir: str) -> None:
