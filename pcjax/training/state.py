@@ -65,7 +65,9 @@ def merge(graphdef, params, rng_state, model_state, *, step_key=None) -> nnx.Mod
     Reseeding from ``fold_in(base_key, step)`` makes dropout (or any stochastic layer) a function
     of the step, which is what makes a resumed run identical to an uninterrupted one.
     """
-    model = nnx.merge(graphdef, params, rng_state, model_state)
+    # Fresh Variables (copy=True) belong to the current trace, so BatchNorm may update them inside
+    # jax.grad even when the states were created at the enclosing jit's level.
+    model = nnx.merge(graphdef, params, rng_state, model_state, copy=True)
     if step_key is not None:
         tags = sorted({node.tag for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)})
         if tags:
