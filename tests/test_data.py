@@ -60,33 +60,60 @@ def digits_sources(data_dir):
     return {split: data.source("digits", split, data_dir=data_dir) for split in ("train", "test")}
 
 
+def _encoded(pixels, image_format):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
 def _cifar_example(rng, i):
     pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
-    png = io.BytesIO()
-    Image.fromarray(pixels).save(png, format="png")
-    return i, {"id": f"ex_{i}", "image": png.getvalue(), "label": i % 100, "coarse_label": i % 20}
+    image = _encoded(pixels, "png")
+    return i, {"id": f"ex_{i}", "image": image, "label": i % 100, "coarse_label": i % 20}
 
 
-class _TinyCifar100(tfds.builder_cls("cifar100"), skip_registration=True):
-    name = "cifar100"
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate(CIFAR_TRAIN, 0), "test": self._generate(CIFAR_TEST, 1)}
-
-    def _generate(self, n, seed):
-        rng = np.random.default_rng(seed)
-        return (_cifar_example(rng, i) for i in range(n))
+def _imagenet_example(rng, i):
+    height, width = rng.integers(40, 90, size=2)
+    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return i, {"file_name": f"{i}.JPEG", "image": _encoded(pixels, "jpeg"), "label": i}
 
 
-@pytest.fixture(scope="module")
-def cifar_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    _TinyCifar100(data_dir=root, file_format="array_record").download_and_prepare(
+def _write_tiny(root, name, make_example, sizes):
+    """Writes `sizes` = {split: n} examples with the real TFDS builder `name`'s features.
+
+    Split s holds make_example(np.random.default_rng(k), i) for i < n, k the split's rank.
+    """
+
+    def generate(n, rng):
+        return (make_example(rng, i) for i in range(n))
+
+    class Tiny(tfds.builder_cls(name), skip_registration=True):
+        def _split_generators(self, dl_manager):
+            return {
+                split: generate(n, np.random.default_rng(k))
+                for k, (split, n) in enumerate(sizes.items())
+            }
+
+    Tiny.name = name
+    Tiny(data_dir=root, file_format="array_record").download_and_prepare(
         download_config=tfds.download.DownloadConfig(
             compute_stats=tfds.download.ComputeStatsMode.SKIP
         )
     )
     return root
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    sizes = {"train": CIFAR_TRAIN, "test": CIFAR_TEST}
+    return _write_tiny(tmp_path_factory.mktemp("cifar"), "cifar100", _cifar_example, sizes)
+
+
+@pytest.fixture(scope="module")
+def imagenet_dir(tmp_path_factory):
+    sizes = {"train": 6, "validation": 5}
+    root = tmp_path_factory.mktemp("imagenet")
+    return _write_tiny(root, "imagenet2012", _imagenet_example, sizes)
 
 
 # Builders and sources.
@@ -350,7 +377,7 @@ def test_cifar100_eval_batches_decode_and_normalize_the_stored_images(cifar_dir)
     assert images.shape == (CIFAR_TEST, 32, 32, 3)
     pixels = (images * np.array(spec.std) + np.array(spec.mean)) * 255.0
     np.testing.assert_allclose(pixels, np.rint(pixels), atol=1e-3)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(1)  # the test split's generator in `_write_tiny`
     written = [_cifar_example(rng, i)[1] for i in range(CIFAR_TEST)]
     expected = _content_counts(
         [np.asarray(Image.open(io.BytesIO(e["image"]))) for e in written],
@@ -383,3 +410,21 @@ def test_cifar100_pipeline_runs_under_tfds_mock_data(cifar_dir):
         assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.float32
         assert ((batch["label"] >= 0) & (batch["label"] < 100)).all()
     assert len(evaluation) == 2 and int(sum(b["mask"].sum() for b in evaluation)) == 12
+
+
+# ImageNet end to end.
+
+
+def test_imagenet_batches_bring_every_image_to_224(imagenet_dir):
+    def first_train(seed):
+        kwargs = dict(data_dir=imagenet_dir, global_batch_size=4, seed=seed)
+        return next(data.train_batches("imagenet2012", **kwargs))
+
+    batch = first_train(0)
+    assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == np.float32
+    np.testing.assert_array_equal(batch["image"], first_train(0)["image"])
+    evaluation = list(
+        data.eval_batches("imagenet2012", "validation", data_dir=imagenet_dir, global_batch_size=4)
+    )
+    assert [b["image"].shape for b in evaluation] == [(4, 224, 224, 3)] * 2
+    assert [b["mask"].tolist() for b in evaluation] == [[True] * 4, [True] + [False] * 3]
