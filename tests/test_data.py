@@ -310,6 +310,17 @@ def test_mesh_rejects_a_batch_size_the_data_axis_does_not_divide(data_dir):
         data.train_batches("digits", data_dir=data_dir, global_batch_size=12, seed=0, mesh=mesh)
 
 
+def test_mesh_without_a_data_axis_is_rejected(data_dir):
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    with pytest.raises(ValueError, match="mesh must have a 'data' axis"):
+        data.eval_batches("digits", "test", data_dir=data_dir, global_batch_size=8, mesh=mesh)
+
+
+def test_negative_seed_is_rejected(data_dir):
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        data.train_batches("digits", data_dir=data_dir, global_batch_size=8, seed=-1)
+
+
 # Augmentation.
 
 
