@@ -128,6 +128,13 @@ def test_digits_builder_holds_sklearn_digits_with_their_labels(digits_sources):
     assert built == expected
 
 
+def test_local_dataset_is_built_once_and_reused(data_dir, digits_sources):
+    info = data_dir / "digits" / "1.0.0" / "dataset_info.json"
+    built_at = info.stat().st_mtime_ns
+    assert len(data.source("digits", "test", data_dir=data_dir)) == DIGITS_TEST
+    assert info.stat().st_mtime_ns == built_at
+
+
 def test_digits_split_is_disjoint_stratified_and_sized_as_the_spec(digits_sources):
     labels = load_digits().target
     train = {int(e["index"]) for e in _examples(digits_sources["train"])}
