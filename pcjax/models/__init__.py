@@ -59,7 +59,8 @@ def create(
       rngs: ``nnx.Rngs`` with a ``params`` (or default) stream for initialization.
       dtype: compute dtype of every layer (e.g. ``jnp.bfloat16``); BatchNorm statistics are
         still reduced in float32.
-      param_dtype: dtype in which parameters and running statistics are stored.
+      param_dtype: dtype in which parameters are stored; BatchNorm running statistics are
+        always float32.
 
     Raises:
       ValueError: unknown ``name`` (the message lists the known names) or ``num_classes < 1``.

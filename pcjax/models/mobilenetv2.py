@@ -14,6 +14,7 @@ relu, global average pooling (``features``, 1280 wide), one linear classifier (n
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 from flax import nnx
@@ -21,7 +22,7 @@ from flax import nnx
 from pcjax.models.common import ConvBN, Layers, ModelOutput, check_input, global_avg_pool
 
 # (expansion, channels, blocks, first stride); expansion None means "the model's T".
-_STAGES = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
+STAGES = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
            (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1))
 
 _classifier_init = nnx.initializers.normal(0.01)
@@ -46,13 +47,17 @@ class InvertedResidual(nnx.Module):
 
 
 class MobileNetV2(nnx.Module):
-    """MobileNetV2 with expansion ``expansion`` (the reference's T) and width ``width``."""
+    """MobileNetV2 with expansion ``expansion`` (the reference's T) and width ``width``.
 
-    def __init__(self, layers: Layers, *, expansion: int, width: float, num_classes: int):
+    ``stages`` lists ``(t, channels, blocks, first stride)``; ``t=None`` stands for ``expansion``.
+    """
+
+    def __init__(self, layers: Layers, *, expansion: int, width: float, num_classes: int,
+                 stages: Sequence[tuple[int | None, int, int, int]] = STAGES):
         in_planes = int(32 * width)
         self.stem = ConvBN(layers, 3, in_planes, 3, 2)
         blocks = []
-        for t, channels, count, first_stride in _STAGES:
+        for t, channels, count, first_stride in stages:
             out_planes = int(channels * width)
             for index in range(count):
                 stride = first_stride if index == 0 else 1
