@@ -21,16 +21,19 @@ def _compute_dtype(*arrays: jax.Array) -> jnp.dtype:
 
 
 def _safe_sqrt(x: jax.Array) -> jax.Array:
-    """sqrt with value 0 and gradient 0 at x <= 0 (instead of an infinite gradient at 0)."""
+    """sqrt with value 0 and gradient 0 at x <= 0 (instead of an infinite gradient at 0).
+
+    NaN stays NaN (0 * x), so broken features stay visible.
+    """
     positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0 * x)
 
 
 def _unit_rows(x: jax.Array) -> jax.Array:
-    """x / ||x|| row-wise; a zero row maps to the zero vector with zero gradient."""
+    """x / ||x|| row-wise; a zero row maps to the zero vector with zero gradient, NaN to NaN."""
     squared_norm = jnp.sum(x * x, axis=-1, keepdims=True)
     positive = squared_norm > 0
-    return jnp.where(positive, x * jax.lax.rsqrt(jnp.where(positive, squared_norm, 1.0)), 0.0)
+    return jnp.where(positive, x * jax.lax.rsqrt(jnp.where(positive, squared_norm, 1.0)), 0.0 * x)
 
 
 def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -41,7 +44,8 @@ def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.maximum(squared, 0.0)
 
 
-def _check_metric(metric: Metric, argument: str) -> None:
+def check_metric(metric: Metric, argument: str) -> None:
+    """Raises ValueError naming `argument` unless `metric` is a known name or a callable."""
     if callable(metric):
         return
     if metric not in METRICS:
@@ -74,7 +78,7 @@ def pairwise_dissimilarity(
     Returns:
         (n, m) dissimilarities, in float32 (or float64 for float64 input).
     """
-    _check_metric(metric, "metric")
+    check_metric(metric, "metric")
     y_given = y is not None
     y = x if y is None else y
     for name, value in (("x", x), ("y", y)):

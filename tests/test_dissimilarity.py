@@ -97,3 +97,12 @@ def test_rejects_mismatched_feature_sizes():
 def test_rejects_unknown_metric():
     with pytest.raises(ValueError, match="metric must be one of"):
         pairwise_dissimilarity(jnp.ones((2, 3)), metric="manhattan")
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_nan_features_give_nan_dissimilarities(points, metric):
+    x, y = points
+    x = x.copy()
+    x[0, 1] = np.nan
+    values = pairwise_dissimilarity(x, y, metric=metric)
+    assert np.all(np.isnan(values[0])) and np.all(np.isfinite(values[1:]))

@@ -1,0 +1,337 @@
+"""The perception coherence loss and the pc_score metric (DESIGN.md §1).
+
+Nguyen, Gamboa, Zhang, Chhaibi, Gratton, Giaccone, "Feature Representation Transferring to
+Lightweight Models via Perception Coherence", arXiv:2505.06595.
+
+Every valid sample i of the batch is a reference; its compared set C_i is every other valid
+sample (n_i = |C_i|). The teacher rank of j seen from i is the hard rank of D_T[i, j] within
+{D_T[i, k] : k in C_i} (ties averaged) divided by n_i; the student rank is the soft rank
+(Blondel et al., ICML 2020, arXiv:2002.08871) of the row-normalized D_S[i, j] divided by n_i.
+Both are probabilistic ranks in (0, 1].
+
+Excluded entries (the reference itself and masked samples) stay in the arrays, so shapes are
+static, but are moved past every compared entry before ranking: a hard rank or a soft rank of an
+entry depends only on the entries below it and its own (for the soft rank, as long as the gap to
+the excluded block is wide enough; see ``_excluded_gap``), so the ranks of the compared entries
+are exactly their ranks within C_i.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, PartitionSpec
+
+from pcjax.dissimilarity import Metric, check_metric, pairwise_dissimilarity
+from pcjax.losses._checks import check_pair
+from pcjax.ranking import rank, soft_rank
+
+OBJECTIVES = ("mse", "spearman")
+REGULARIZATIONS = ("l2", "kl")
+
+# Smallest batch (valid samples) for which ranks carry information: with 2 samples each
+# reference compares a single sample, whose rank is always 1.
+MIN_VALID = 3
+
+
+def _check_common(student_features, teacher_features, mask, student_metric, teacher_metric):
+    check_pair(student_features, teacher_features)
+    check_metric(student_metric, "student_metric")
+    check_metric(teacher_metric, "teacher_metric")
+    if mask is not None and mask.shape != (student_features.shape[0],):
+        raise ValueError(
+            f"mask must have shape (batch,) = ({student_features.shape[0]},), got {mask.shape}."
+        )
+
+
+def _compared_set(ref_index, valid_all):
+    """(r, m) bool: entry j is in C_i (valid and not the reference itself); and n_i, (r,)."""
+    columns = jnp.arange(valid_all.shape[0])
+    compared = valid_all[None, :] & (ref_index[:, None] != columns[None, :])
+    return compared, jnp.sum(compared, axis=-1)
+
+
+def _masked_mean(x, compared, count):
+    return jnp.sum(jnp.where(compared, x, 0.0), axis=-1, keepdims=True) / count
+
+
+def _masked_pearson(a, b, compared, count):
+    """Pearson correlation of a[i] and b[i] over the compared entries, per row; 0 if constant."""
+    a = jnp.where(compared, a - _masked_mean(a, compared, count), 0.0)
+    b = jnp.where(compared, b - _masked_mean(b, compared, count), 0.0)
+    covariance = jnp.sum(a * b, axis=-1)
+    variance_product = jnp.sum(a * a, axis=-1) * jnp.sum(b * b, axis=-1)
+    positive = variance_product > 0
+    return jnp.where(
+        positive, covariance * jax.lax.rsqrt(jnp.where(positive, variance_product, 1.0)), 0.0
+    )
+
+
+def _hard_ranks_within(values, compared):
+    """1-based ranks (ties averaged) of each row's compared entries among themselves."""
+    return rank(jnp.where(compared, values, jnp.inf))
+
+
+def _rank_scale(values, compared, count):
+    """Maps each row to rank units: standardized over C_i, times the std of the ranks 1..n_i.
+
+    u_ij = (d_ij - mean_i) / std_i * sqrt((n_i^2 - 1) / 12), mean and (population) std over C_i.
+    A row spread evenly over its range then moves by about 1 per rank step, at any n_i and any
+    feature scale. A row whose spread is below float resolution, (float eps * mean)^2, counts as
+    constant (a collapsed student): it maps to 0 with zero gradient.
+    """
+    mean = _masked_mean(values, compared, count)
+    centered = jnp.where(compared, values - mean, 0.0)
+    variance = jnp.sum(centered * centered, axis=-1, keepdims=True) / count
+    spread = variance > (jnp.finfo(values.dtype).eps * mean) ** 2
+    inverse_std = jnp.where(spread, jax.lax.rsqrt(jnp.where(spread, variance, 1.0)), 0.0)
+    return centered * jnp.sqrt((count * count - 1.0) / 12.0) * inverse_std
+
+
+def _excluded_gap(num_columns: int, regularization_strength) -> jax.Array:
+    """Value that puts excluded entries beyond every compared entry in rank units.
+
+    A rank-unit row has |u_ij| <= sqrt(n_i - 1) sqrt((n_i^2 - 1) / 12) < m^1.5 / sqrt(12)
+    (m = row length). The soft rank projects u / eps onto the permutahedron by isotonic regression
+    of (sorted u / eps) - (m, ..., 1) (or - log(m, ..., 1) for "kl"), so a block of excluded values
+    at u_max + m eps + 1 or above can never pool with a compared entry: the compared entries then
+    get exactly their soft ranks within C_i.
+    """
+    bound = num_columns**1.5 / math.sqrt(12.0)
+    return bound + (num_columns + 1.0) * regularization_strength + 1.0
+
+
+def _row_losses(
+    student_ref, teacher_ref, ref_index, ref_valid, student_all, teacher_all, valid_all,
+    *, student_metric, teacher_metric, regularization_strength, regularization, objective,
+):
+    """Per-reference sums: (sum over valid references of the row loss, number of them)."""
+    compared, count = _compared_set(ref_index, valid_all)
+    count_safe = jnp.maximum(count, 1).astype(jnp.float32)[:, None]
+
+    teacher_d = pairwise_dissimilarity(teacher_ref, teacher_all, teacher_metric)
+    teacher_ranks = _hard_ranks_within(teacher_d, compared) / count_safe
+
+    student_d = pairwise_dissimilarity(student_ref, student_all, student_metric)
+    scaled = _rank_scale(student_d.astype(jnp.float32), compared, count_safe)
+    gap = _excluded_gap(compared.shape[1], regularization_strength)
+    student_ranks = soft_rank(
+        jnp.where(compared, scaled, gap),
+        regularization_strength=regularization_strength,
+        regularization=regularization,
+    ) / count_safe
+
+    if objective == "mse":
+        squared = jnp.where(compared, (student_ranks - teacher_ranks) ** 2, 0.0)
+        row_loss = jnp.sum(squared, axis=-1) / count_safe[:, 0]
+    else:
+        row_loss = 1.0 - _masked_pearson(student_ranks, teacher_ranks, compared, count_safe)
+    counted = ref_valid & (count >= MIN_VALID - 1)
+    return jnp.sum(jnp.where(counted, row_loss, 0.0)), jnp.sum(counted)
+
+
+def _local_sums(student, teacher, valid, axis_name, options):
+    """This device's references against the all-gathered batch: (sum of row losses, count)."""
+    batch = student.shape[0]
+    gather = lambda x: jax.lax.all_gather(x, axis_name, tiled=True)  # noqa: E731
+    ref_index = jax.lax.axis_index(axis_name) * batch + jnp.arange(batch)
+    return _row_losses(
+        student, teacher, ref_index, valid, gather(student), gather(teacher), gather(valid),
+        **options,
+    )
+
+
+def _mesh_batch_axes(x, batch: int):
+    """Mesh axes to split the reference rows over under a global-view jit, or None.
+
+    Explicit axes: those the batch dimension of x is sharded over in its type. Otherwise the Auto
+    axes of the current mesh (``jax.set_mesh``), when they divide the batch evenly.
+    """
+    spec = jax.typeof(x).sharding.spec
+    if len(spec) and spec[0] is not None:
+        return tuple(spec[0]) if isinstance(spec[0], tuple) else (spec[0],)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return None
+    axes = tuple(
+        name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind == AxisType.Auto
+    )
+    if not axes or batch % math.prod(mesh.shape[name] for name in axes):
+        return None
+    return axes
+
+
+def perception_coherence_loss(
+    student_features: jax.Array,
+    teacher_features: jax.Array,
+    *,
+    student_metric: Metric = "euclidean",
+    teacher_metric: Metric = "euclidean",
+    regularization_strength: float = 1.0,
+    regularization: str = "l2",
+    objective: str = "mse",
+    mask: jax.Array | None = None,
+    axis_name=None,
+) -> jax.Array:
+    """Perception coherence loss between student and teacher features (DESIGN.md §1).
+
+    For every valid reference i and every j in its compared set C_i (the other valid samples,
+    n_i = |C_i|):
+
+        tau_ij   = rank_j(D_T[i, C_i]) / n_i              hard, ties averaged, no gradient
+        sigma_ij = soft_rank_j(u_i[C_i]; eps) / n_i          soft, differentiable
+        u_ij     = (D_S[i, j] - mean_{C_i} D_S[i]) / std_{C_i} D_S[i] * sqrt((n_i^2 - 1) / 12)
+
+    ``"mse"``:      loss = mean_i (1 / n_i) sum_{j in C_i} (sigma_ij - tau_ij)^2
+    ``"spearman"``: loss = 1 - mean_i pearson_{j in C_i}(sigma_ij, tau_ij)
+
+    The row normalization u puts student dissimilarities in rank units: standardized over C_i
+    (population std), then scaled to the standard deviation of the ranks 1..n_i, so that a row
+    spread evenly moves by one per rank step whatever the batch size and the feature scale.
+    The l2 soft rank pools the stretches of a row where u rises by less than eps per rank step;
+    in rank units those stretches are the same fractions of the row at any n_i, so
+    ``regularization_strength`` (eps) means the same sharpness at any batch size and any student
+    scale: the loss estimates one smoothed PC divergence. eps -> 0 gives hard ranks; at eps = 1
+    (the default) a student equal to the teacher scores about 1.5e-3 (features ~ N(0, I_8)).
+
+    Masked samples are neither references nor compared: the loss equals the loss on the valid rows
+    alone. With fewer than 3 valid samples no rank carries information and the loss is 0 with zero
+    gradient. NaN features give a NaN loss.
+
+    Multi-device: with ``axis_name`` (inside ``jax.shard_map``, whose default check_vma=True makes
+    the gradient of the psum right; batch split over that axis), each device's rows are its
+    references and the compared set is the all-gathered global batch; sums and counts are
+    ``psum``-ed, so the result (and its gradient) is the loss of the global batch. Without
+    ``axis_name`` under ``jax.jit`` on a mesh, the same happens through an internal
+    ``jax.shard_map`` over the batch axes: with Explicit axes (``jax.set_mesh(mesh)``) those the
+    features' type shards the batch over, with Auto axes all the current mesh's Auto axes (when
+    they divide the batch). Either way a device holds B/N x B matrices and sorts B/N rows of
+    length B: O(B/N * B log B) time, O(B/N * B) memory.
+
+    Args:
+      student_features: (B, Ds) student features (any float dtype; ranks are float32).
+      teacher_features: (B, Dt) teacher features; no gradient flows to them.
+      student_metric, teacher_metric: ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"`` or a
+        callable ``d(u, v)`` (see ``pcjax.dissimilarity.pairwise_dissimilarity``).
+      regularization_strength: eps > 0 of the soft rank, in rank units (see above).
+      regularization: ``"l2"`` or ``"kl"`` (the soft rank's regularizer).
+      objective: ``"mse"`` or ``"spearman"``.
+      mask: optional (B,) bool, True for valid samples (the local rows under ``axis_name``).
+      axis_name: mesh axis name (or tuple of names) the batch is split over, or None.
+
+    Returns:
+      float32 scalar.
+    """
+    _check_common(student_features, teacher_features, mask, student_metric, teacher_metric)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+    if regularization not in REGULARIZATIONS:
+        raise ValueError(f"regularization must be one of {REGULARIZATIONS}, got {regularization!r}.")
+    batch = student_features.shape[0]
+    if axis_name is None and batch < MIN_VALID:
+        raise ValueError(
+            f"student_features must hold at least {MIN_VALID} samples to rank, got a batch of "
+            f"{batch}."
+        )
+
+    valid = jnp.ones((batch,), bool) if mask is None else mask.astype(bool)
+    # Padded rows may hold anything: zero them so no NaN/inf reaches a value or a gradient.
+    student = jnp.where(valid[:, None], student_features, 0)
+    teacher = jax.lax.stop_gradient(jnp.where(valid[:, None], teacher_features, 0))
+    options = dict(
+        student_metric=student_metric, teacher_metric=teacher_metric,
+        regularization_strength=regularization_strength, regularization=regularization,
+        objective=objective,
+    )
+
+    if axis_name is not None:
+        total, count = _local_sums(student, teacher, valid, axis_name, options)
+        total = jax.lax.psum(total, axis_name)
+        count = jax.lax.psum(count, axis_name)
+    elif (axes := _mesh_batch_axes(student, batch)) is None:
+        rows = jnp.arange(batch)
+        total, count = _row_losses(student, teacher, rows, valid, student, teacher, valid, **options)
+    else:
+        spec = PartitionSpec(axes)
+        if jax.typeof(student).sharding.spec[0] is not None:
+            # Explicit axes: shard_map's in_specs must match the operands' types.
+            student, teacher, valid = (
+                jax.sharding.reshard(x, spec) for x in (student, teacher, valid)
+            )
+
+        def local(student, teacher, valid):
+            return tuple(x[None] for x in _local_sums(student, teacher, valid, axes, options))
+
+        # Per-device partial sums leave the map sharded and are added outside: the body needs no
+        # psum, hence no replication typing (check_vma), and all_gather's transpose (a
+        # reduce-scatter) gives every device the gradient of the global loss for its rows.
+        totals, counts = jax.shard_map(
+            local, in_specs=(spec, spec, spec), out_specs=(spec, spec), axis_names=set(axes),
+            check_vma=False,
+        )(student, teacher, valid)
+        total, count = jnp.sum(totals), jnp.sum(counts)
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0).astype(jnp.float32)
+
+
+def pc_score(
+    student_features: jax.Array,
+    teacher_features: jax.Array,
+    *,
+    student_metric: Metric = "euclidean",
+    teacher_metric: Metric = "euclidean",
+    mask: jax.Array | None = None,
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """Perception coherence score: mean Spearman correlation of the two dissimilarity rankings.
+
+        pc_score = mean over valid references i of
+                   spearman_{j in C_i}( D_S[i, j], D_T[i, j] )
+
+    with C_i every other valid sample and Spearman's rho the Pearson correlation of hard ranks
+    (ties averaged), as ``scipy.stats.spearmanr``. In [-1, 1]: 1 means the student orders every
+    row like the teacher, 0 an unrelated order, -1 the reversed order. A row that is constant on
+    either side counts as 0. NaN when fewer than 3 samples are valid.
+
+    References are processed ``chunk_size`` at a time against the full set (``lax.map``), so
+    memory is O(chunk_size * N) and time O(N^2 log N): suitable for a whole evaluation set.
+
+    Args:
+      student_features: (N, Ds) student features.
+      teacher_features: (N, Dt) teacher features.
+      student_metric, teacher_metric: as in ``perception_coherence_loss``.
+      mask: optional (N,) bool, True for real samples (e.g. padded evaluation batches).
+      chunk_size: references per chunk; None means min(N, 512).
+
+    Returns:
+      float32 scalar.
+    """
+    student_features, teacher_features = jnp.asarray(student_features), jnp.asarray(teacher_features)
+    _check_common(student_features, teacher_features, mask, student_metric, teacher_metric)
+    num = student_features.shape[0]
+    chunk = min(num, 512 if chunk_size is None else chunk_size)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
+    valid = jnp.ones((num,), bool) if mask is None else mask.astype(bool)
+    num_chunks = -(-num // chunk)
+    # Padding references up to a whole number of chunks: they are marked invalid.
+    ref_indices = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
+
+    def chunk_sums(ref_index):
+        ref_valid = (ref_index < num) & valid[jnp.minimum(ref_index, num - 1)]
+        compared, count = _compared_set(ref_index, valid)
+        count_safe = jnp.maximum(count, 1).astype(jnp.float32)[:, None]
+        refs = jnp.minimum(ref_index, num - 1)
+        student_d = pairwise_dissimilarity(student_features[refs], student_features, student_metric)
+        teacher_d = pairwise_dissimilarity(teacher_features[refs], teacher_features, teacher_metric)
+        correlation = _masked_pearson(
+            _hard_ranks_within(student_d, compared), _hard_ranks_within(teacher_d, compared),
+            compared, count_safe,
+        )
+        counted = ref_valid & (count >= MIN_VALID - 1)
+        return jnp.sum(jnp.where(counted, correlation, 0.0)), jnp.sum(counted)
+
+    totals, counts = jax.lax.map(chunk_sums, ref_indices)
+    count = jnp.sum(counts)
+    return jnp.where(count > 0, jnp.sum(totals) / jnp.maximum(count, 1), jnp.nan).astype(
+        jnp.float32
+    )

@@ -1,0 +1,231 @@
+"""Evaluation metrics: top-1 accuracy, perception coherence, and frozen-feature probes.
+
+Every function is pure JAX and deterministic, takes optional masks for padded evaluation batches
+(True marks a real example) and returns a float32 scalar.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pcjax.losses.perception_coherence import pc_score
+
+__all__ = ["accuracy", "knn_accuracy", "linear_probe_accuracy", "pc_score"]
+
+
+def _valid(mask: jax.Array | None, num: int, name: str) -> jax.Array:
+    if mask is None:
+        return jnp.ones((num,), bool)
+    if mask.shape != (num,):
+        raise ValueError(f"{name} must have shape ({num},), got {mask.shape}.")
+    return mask.astype(bool)
+
+
+def _check_labelled(features, labels, features_name, labels_name):
+    if features.ndim != 2:
+        raise ValueError(
+            f"{features_name} must have shape (examples, features), got {features.shape}."
+        )
+    if labels.shape != (features.shape[0],):
+        raise ValueError(
+            f"{labels_name} must have shape ({features.shape[0]},) to match {features_name}, "
+            f"got {labels.shape}."
+        )
+
+
+def _num_classes(num_classes, *labels):
+    # Inferred from concrete labels only: under jit, pass num_classes.
+    if num_classes is not None:
+        return num_classes
+    return int(max(np.max(np.asarray(x)) for x in labels)) + 1
+
+
+def _fraction(correct: jax.Array, valid: jax.Array) -> jax.Array:
+    count = jnp.sum(valid)
+    hits = jnp.sum(jnp.where(valid, correct, False))
+    return jnp.where(count > 0, hits / jnp.maximum(count, 1), jnp.nan).astype(jnp.float32)
+
+
+def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Top-1 accuracy: the fraction of valid examples whose largest logit is the label.
+
+    Args:
+      logits: (N, C) scores.
+      labels: (N,) integer labels.
+      mask: optional (N,) bool, True for real examples.
+
+    Returns:
+      float32 in [0, 1]; NaN if no example is valid.
+    """
+    _check_labelled(logits, labels, "logits", "labels")
+    valid = _valid(mask, logits.shape[0], "mask")
+    return _fraction(jnp.argmax(logits, axis=-1) == labels, valid)
+
+
+def _unit(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+    return x / jnp.maximum(norm, 1e-12)
+
+
+def knn_accuracy(
+    train_features: jax.Array,
+    train_labels: jax.Array,
+    test_features: jax.Array,
+    test_labels: jax.Array,
+    *,
+    k: int = 20,
+    num_classes: int | None = None,
+    vote: str = "weighted",
+    temperature: float = 0.07,
+    train_mask: jax.Array | None = None,
+    test_mask: jax.Array | None = None,
+    chunk_size: int = 1024,
+) -> jax.Array:
+    """k-nearest-neighbour classification accuracy of frozen features, by cosine similarity.
+
+    Each test example takes the k training examples of highest cosine similarity s and predicts
+    argmax_c sum_{neighbours of class c} w, with w = exp(s / temperature) for ``vote="weighted"``
+    (the kNN monitor of Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance
+    Discrimination", CVPR 2018, with their temperature 0.07) or w = 1 for ``vote="majority"`` (ties
+    go to the lowest class). The default k = 20 follows common kNN monitors.
+
+    Test examples are processed ``chunk_size`` at a time: memory O(chunk_size * N_train).
+
+    Args:
+      train_features: (N, D) features of the labelled set.
+      train_labels: (N,) integer labels.
+      test_features: (M, D) features to classify.
+      test_labels: (M,) integer labels.
+      k: neighbours per test example (capped at N).
+      num_classes: number of classes; inferred from concrete labels when None.
+      vote: ``"weighted"`` or ``"majority"``.
+      temperature: the similarity temperature of the weighted vote.
+      train_mask: optional (N,) bool; masked training examples are never neighbours.
+      test_mask: optional (M,) bool; masked test examples are not scored.
+      chunk_size: test examples per chunk.
+
+    Returns:
+      float32 accuracy in [0, 1]; NaN if no test example is valid.
+    """
+    _check_labelled(train_features, train_labels, "train_features", "train_labels")
+    _check_labelled(test_features, test_labels, "test_features", "test_labels")
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(
+            f"train_features and test_features must have the same width, got "
+            f"{train_features.shape} and {test_features.shape}."
+        )
+    if vote not in ("weighted", "majority"):
+        raise ValueError(f"vote must be 'weighted' or 'majority', got {vote!r}.")
+    if k < 1:
+        raise ValueError(f"k must be a positive integer, got {k}.")
+    classes = _num_classes(num_classes, train_labels, test_labels)
+    num_train, num_test = train_features.shape[0], test_features.shape[0]
+    train_valid = _valid(train_mask, num_train, "train_mask")
+    test_valid = _valid(test_mask, num_test, "test_mask")
+    k = min(k, num_train)
+    chunk = max(1, min(chunk_size, num_test))
+    num_chunks = -(-num_test // chunk)
+    padding = num_chunks * chunk - num_test
+
+    train_unit = _unit(train_features)
+    test_unit = jnp.pad(_unit(test_features), ((0, padding), (0, 0)))
+    train_onehot = jax.nn.one_hot(train_labels, classes, dtype=train_unit.dtype)
+
+    def predict(queries):
+        similarity = jnp.where(train_valid[None, :], queries @ train_unit.T, -jnp.inf)
+        top_similarity, top_index = jax.lax.top_k(similarity, k)
+        neighbour_valid = jnp.isfinite(top_similarity)
+        if vote == "weighted":
+            weights = jnp.exp((top_similarity - 1.0) / temperature)
+        else:
+            weights = jnp.ones_like(top_similarity)
+        weights = jnp.where(neighbour_valid, weights, 0.0)
+        scores = jnp.einsum("qk,qkc->qc", weights, train_onehot[top_index])
+        return jnp.argmax(scores, axis=-1)
+
+    predictions = jax.lax.map(predict, test_unit.reshape(num_chunks, chunk, -1)).reshape(-1)
+    return _fraction(predictions[:num_test] == test_labels, test_valid)
+
+
+def linear_probe_accuracy(
+    train_features: jax.Array,
+    train_labels: jax.Array,
+    test_features: jax.Array,
+    test_labels: jax.Array,
+    *,
+    num_classes: int | None = None,
+    l2: float = 1e-4,
+    steps: int = 200,
+    train_mask: jax.Array | None = None,
+    test_mask: jax.Array | None = None,
+) -> jax.Array:
+    """Test accuracy of a multinomial logistic regression trained on frozen features.
+
+    Features are standardized with the mean and standard deviation of the valid training
+    examples; then (W, b) minimizes, full batch,
+
+        mean_i CE(W x_i + b, y_i) + (l2 / 2) ||W||_F^2       (b unpenalized)
+
+    by ``steps`` iterations of L-BFGS (optax.lbfgs, zoom line search) from zero: deterministic.
+    This is scikit-learn's ``LogisticRegression(C=1 / (l2 * N))`` objective up to a factor N.
+
+    Args:
+      train_features: (N, D) features to fit on.
+      train_labels: (N,) integer labels.
+      test_features: (M, D) features to score.
+      test_labels: (M,) integer labels.
+      num_classes: number of classes; inferred from concrete labels when None.
+      l2: L2 penalty on the weights (per example, see the objective).
+      steps: L-BFGS iterations.
+      train_mask, test_mask: optional (N,) / (M,) bool, True for real examples.
+
+    Returns:
+      float32 test accuracy in [0, 1]; NaN if no test example is valid.
+    """
+    _check_labelled(train_features, train_labels, "train_features", "train_labels")
+    _check_labelled(test_features, test_labels, "test_features", "test_labels")
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(
+            f"train_features and test_features must have the same width, got "
+            f"{train_features.shape} and {test_features.shape}."
+        )
+    classes = _num_classes(num_classes, train_labels, test_labels)
+    train_valid = _valid(train_mask, train_features.shape[0], "train_mask")
+    test_valid = _valid(test_mask, test_features.shape[0], "test_mask")
+    dtype = jnp.promote_types(train_features.dtype, jnp.float32)
+    x_train = train_features.astype(dtype)
+    weight = train_valid.astype(dtype) / jnp.maximum(jnp.sum(train_valid), 1)
+    mean = jnp.sum(weight[:, None] * x_train, axis=0)
+    std = jnp.sqrt(jnp.sum(weight[:, None] * (x_train - mean) ** 2, axis=0))
+    std = jnp.where(std > 0, std, 1.0)
+
+    def standardize(x):
+        return (x.astype(dtype) - mean) / std
+
+    x_train = jnp.where(train_valid[:, None], standardize(x_train), 0.0)
+    onehot = jax.nn.one_hot(train_labels, classes, dtype=dtype)
+
+    def objective(params):
+        logits = x_train @ params["w"] + params["b"]
+        cross_entropy = optax.softmax_cross_entropy(logits, onehot)
+        return jnp.sum(weight * cross_entropy) + 0.5 * l2 * jnp.sum(params["w"] ** 2)
+
+    params = {
+        "w": jnp.zeros((x_train.shape[1], classes), dtype), "b": jnp.zeros((classes,), dtype)
+    }
+    solver = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def step(carry, _):
+        params, state = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = solver.update(
+            grad, state, params, value=value, grad=grad, value_fn=objective
+        )
+        return (optax.apply_updates(params, updates), state), None
+
+    (params, _), _ = jax.lax.scan(step, (params, solver.init(params)), None, length=steps)
+    logits = standardize(test_features) @ params["w"] + params["b"]
+    return _fraction(jnp.argmax(logits, axis=-1) == test_labels, test_valid)

@@ -1,0 +1,227 @@
+"""perception_coherence_loss: DESIGN.md §1 properties against SciPy references, masks, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy.spatial import distance
+from scipy.stats import rankdata, spearmanr
+
+from pcjax import losses
+from pcjax.losses import pc_score, perception_coherence_loss
+
+B = 12
+
+
+@pytest.fixture(scope="module")
+def features():
+    rng = np.random.default_rng(0)
+    teacher = rng.normal(size=(B, 5)).astype(np.float32)
+    student = rng.normal(size=(B, 3)).astype(np.float32)
+    return student, teacher
+
+
+@pytest.fixture(scope="module")
+def mask():
+    valid = np.ones(B, bool)
+    valid[[2, 7, 8]] = False
+    return valid
+
+
+def _reference_loss(student, teacher, objective):
+    """Hard-rank loss with SciPy ranks, one reference at a time."""
+    d_s, d_t = distance.cdist(student, student), distance.cdist(teacher, teacher)
+    rows = []
+    for i in range(len(student)):
+        others = np.arange(len(student)) != i
+        n = others.sum()
+        sigma, tau = rankdata(d_s[i, others]) / n, rankdata(d_t[i, others]) / n
+        if objective == "mse":
+            rows.append(np.mean((sigma - tau) ** 2))
+        else:
+            rows.append(1 - spearmanr(sigma, tau).statistic)
+    return np.mean(rows)
+
+
+@pytest.mark.parametrize("objective", ["mse", "spearman"])
+def test_hard_rank_limit_matches_scipy_rankdata(features, objective):
+    student, teacher = features
+    loss = perception_coherence_loss(
+        student, teacher, regularization_strength=1e-4, objective=objective
+    )
+    np.testing.assert_allclose(loss, _reference_loss(student, teacher, objective), atol=1e-5)
+
+
+def test_hard_rank_limit_with_teacher_ties(features):
+    student, _ = features
+    # Teacher points on a 1-D integer grid: many equal distances, so many averaged ranks.
+    teacher = np.repeat(np.arange(B) % 4, 2).reshape(B, 2).astype(np.float32)
+    loss = perception_coherence_loss(student, teacher, regularization_strength=1e-4)
+    np.testing.assert_allclose(loss, _reference_loss(student, teacher, "mse"), atol=1e-5)
+
+
+def test_invariant_to_increasing_transform_of_teacher_dissimilarities(features):
+    student, teacher = features
+    transformed = lambda u, v: jnp.exp(jnp.sqrt(jnp.sum((u - v) ** 2)))  # noqa: E731
+    base = perception_coherence_loss(student, teacher)
+    for metric in ("sqeuclidean", transformed):
+        np.testing.assert_allclose(
+            perception_coherence_loss(student, teacher, teacher_metric=metric), base, rtol=1e-6
+        )
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
+def test_invariant_to_rescaling_and_translating_student(features, scale):
+    student, teacher = features
+    np.testing.assert_allclose(
+        perception_coherence_loss(scale * student + 5.0 * scale, teacher),
+        perception_coherence_loss(student, teacher),
+        rtol=1e-4,
+    )
+
+
+def test_same_sharpness_at_batch_16_and_1024():
+    # A fixed noisy student/teacher relation: the loss estimates a smoothed PC divergence that
+    # must not depend on the batch size. Without the row normalization in rank units, eps = 1
+    # would pool whole rows at B = 1024 (loss near 1/12) and few entries at B = 16.
+    rng = np.random.default_rng(3)
+
+    def sample(batches, batch):
+        teacher = rng.normal(size=(batches, batch, 8)).astype(np.float32)
+        return teacher + 0.5 * rng.normal(size=teacher.shape).astype(np.float32), teacher
+
+    loss = jax.vmap(perception_coherence_loss)
+    small = np.mean(loss(*sample(64, 16)))
+    large = np.mean(loss(*sample(1, 1024)))
+    np.testing.assert_allclose(small, large, rtol=0.25)
+
+
+def test_similar_student_has_near_zero_loss(features):
+    _, teacher = features
+    rotation, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(5, 5)))
+    student = 0.3 * teacher @ rotation - 2.0
+    assert perception_coherence_loss(student, teacher, regularization_strength=1e-3) < 1e-7
+    assert perception_coherence_loss(student, teacher, objective="spearman",
+                                     regularization_strength=1e-3) < 1e-6
+
+
+@pytest.mark.parametrize("objective", ["mse", "spearman"])
+@pytest.mark.parametrize("regularization", ["l2", "kl"])
+def test_masked_loss_equals_loss_on_valid_rows(features, mask, objective, regularization):
+    student, teacher = features
+    options = dict(objective=objective, regularization=regularization)
+    np.testing.assert_allclose(
+        perception_coherence_loss(student, teacher, mask=mask, **options),
+        perception_coherence_loss(student[mask], teacher[mask], **options),
+        rtol=1e-6,
+    )
+
+
+def test_masked_gradient_equals_gradient_on_valid_rows_and_zero_elsewhere(features, mask):
+    student, teacher = features
+    garbage = student.copy()
+    garbage[~mask] = np.nan  # padded rows may hold anything
+    grad = jax.grad(perception_coherence_loss)(garbage, teacher, mask=mask)
+    expected = jax.grad(perception_coherence_loss)(student[mask], teacher[mask])
+    np.testing.assert_allclose(grad[mask], expected, rtol=1e-5, atol=1e-8)
+    np.testing.assert_array_equal(grad[~mask], 0.0)
+
+
+def test_fewer_than_three_valid_samples_give_zero_loss_and_gradient(features):
+    student, teacher = features
+    mask = np.zeros(B, bool)
+    mask[[0, 5]] = True
+    loss, grad = jax.value_and_grad(perception_coherence_loss)(student, teacher, mask=mask)
+    assert loss == 0.0
+    np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_teacher_gets_no_gradient(features):
+    student, teacher = features
+    grad = jax.grad(perception_coherence_loss, argnums=1)(student, teacher)
+    np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_gradient_finite_for_collapsed_student(features):
+    _, teacher = features
+    grad = jax.grad(perception_coherence_loss)(jnp.zeros((B, 3)), teacher)
+    assert np.all(np.isfinite(grad))
+
+
+def test_nan_features_give_nan_loss(features):
+    student, teacher = features
+    broken_student, broken_teacher = student.copy(), teacher.copy()
+    broken_student[3, 1] = np.nan
+    broken_teacher[5, 0] = np.nan
+    assert np.isnan(perception_coherence_loss(broken_student, teacher))
+    assert np.isnan(perception_coherence_loss(student, broken_teacher))
+
+
+def test_bfloat16_features_give_float32_loss_close_to_float32(features):
+    student, teacher = features
+    low = perception_coherence_loss(student.astype(jnp.bfloat16), teacher.astype(jnp.bfloat16))
+    assert low.dtype == jnp.float32
+    np.testing.assert_allclose(low, perception_coherence_loss(student, teacher), atol=0.02)
+
+
+def test_gradient_descent_makes_2d_student_coherent_with_3d_teacher():
+    rng = np.random.default_rng(5)
+    teacher = rng.normal(size=(48, 3)) * np.array([3.0, 2.0, 0.7])
+    student = jnp.asarray(rng.normal(size=(48, 2)), jnp.float32)
+    before = pc_score(student, teacher)
+    optimizer = optax.adam(0.05)
+
+    @jax.jit
+    def step(student, state):
+        grad = jax.grad(perception_coherence_loss)(student, teacher, regularization_strength=0.3)
+        updates, state = optimizer.update(grad, state)
+        return optax.apply_updates(student, updates), state
+
+    state = optimizer.init(student)
+    for _ in range(150):
+        student, state = step(student, state)
+    assert before < 0.3
+    assert pc_score(student, teacher) >= 0.9
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(student_features=np.ones((4, 2)), teacher_features=np.ones((5, 2))),
+         "same batch size"),
+        (dict(student_features=np.ones((2, 2)), teacher_features=np.ones((2, 2))),
+         "at least 3 samples"),
+        (dict(student_features=np.ones((4, 2, 1)), teacher_features=np.ones((4, 2))),
+         "student_features must have shape"),
+        (dict(student_features=np.ones((4, 2)), teacher_features=np.ones((4,))),
+         "teacher_features must have shape"),
+        (dict(student_metric="manhattan"), "student_metric must be one of"),
+        (dict(teacher_metric="l1"), "teacher_metric must be one of"),
+        (dict(objective="kl"), "objective must be one of"),
+        (dict(regularization="l1"), "regularization must be one of"),
+        (dict(mask=np.ones((3,), bool)), "mask must have shape"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(kwargs, message):
+    arguments = dict(student_features=np.ones((4, 2)), teacher_features=np.ones((4, 3)))
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        perception_coherence_loss(arguments.pop("student_features"),
+                                  arguments.pop("teacher_features"), **arguments)
+
+
+def test_registry_lists_every_loss_with_its_inputs_and_projection():
+    assert losses.names() == ("perception_coherence", "kd", "fitnet", "rkd", "pkt", "sp", "cc")
+    assert losses.get("kd").inputs == "logits"
+    assert losses.get("fitnet").projection == "linear"
+    assert losses.get("cc").projection == "linear"
+    assert losses.get("perception_coherence").accepts_mask
+    assert {name: losses.get(name).default_weight for name in ("fitnet", "rkd", "pkt", "sp", "cc",
+                                                                "kd")} == dict(
+        fitnet=100.0, rkd=1.0, pkt=30000.0, sp=3000.0, cc=0.02, kd=0.9)
+
+
+def test_registry_rejects_unknown_name():
+    with pytest.raises(ValueError, match="Unknown loss 'crd'"):
+        losses.get("crd")
