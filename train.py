@@ -17,7 +17,9 @@ from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file (path[:arg]).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default ./workdir/<config.name>).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory (default ./workdir/<config.name>)."
+)
 
 
 def main(argv):

@@ -32,10 +32,18 @@ Time: not measured (240 + 240 epochs; 2 x 187,440 steps at batch 64).
 from pcjax.training.config import base_config, phase_config
 
 PAIRS = (
-    ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"),
-    ("resnet110", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"),
-    ("vgg13", "vgg8"), ("vgg13", "mobilenetv2"), ("resnet50", "mobilenetv2"),
-    ("resnet50", "vgg8"), ("resnet32x4", "shufflev1"), ("resnet32x4", "shufflev2"),
+    ("wrn_40_2", "wrn_16_2"),
+    ("wrn_40_2", "wrn_40_1"),
+    ("resnet56", "resnet20"),
+    ("resnet110", "resnet20"),
+    ("resnet110", "resnet32"),
+    ("resnet32x4", "resnet8x4"),
+    ("vgg13", "vgg8"),
+    ("vgg13", "mobilenetv2"),
+    ("resnet50", "mobilenetv2"),
+    ("resnet50", "vgg8"),
+    ("resnet32x4", "shufflev1"),
+    ("resnet32x4", "shufflev2"),
     ("wrn_40_2", "shufflev1"),
 )
 ARGS = {f"{t}_{s}": (t, s) for t, s in PAIRS}
@@ -45,7 +53,9 @@ _LOW_LR_STUDENTS = ("mobilenetv2", "shufflev1", "shufflev2")
 def get_config(arg: str | None = None):
     arg = arg or "resnet32x4_resnet8x4"
     if arg not in ARGS:
-        raise ValueError(f"configs/cifar100.py: unknown pair {arg!r}; expected one of {sorted(ARGS)}")
+        raise ValueError(
+            f"configs/cifar100.py: unknown pair {arg!r}; expected one of {sorted(ARGS)}"
+        )
     teacher, student = ARGS[arg]
     config = base_config()
     config.name = f"cifar100_{arg}"
@@ -54,8 +64,12 @@ def get_config(arg: str | None = None):
     config.student.model = student
     config.teacher.train = phase_config(log_every=200, checkpoint_every=5000, eval_every=10000)
     student_lr = 0.01 if student in _LOW_LR_STUDENTS else 0.05
-    config.student.train = phase_config(log_every=200, checkpoint_every=5000, eval_every=10000,
-                                        optimizer=dict(learning_rate=student_lr))
+    config.student.train = phase_config(
+        log_every=200,
+        checkpoint_every=5000,
+        eval_every=10000,
+        optimizer=dict(learning_rate=student_lr),
+    )
     config.distill.protocol = "class_aware"
     config.distill.loss = "perception_coherence"
     config.distill.gamma = 1.0

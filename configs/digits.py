@@ -22,12 +22,26 @@ def get_config():
     config.student.model = "digits_student"
     adam = dict(name="adamw", learning_rate=3e-3, weight_decay=1e-4)
     cosine = dict(name="cosine", warmup_steps=20, decay_epochs=())
-    config.teacher.train = phase_config(batch_size=128, num_epochs=30.0, augment=False,
-                                        log_every=50, checkpoint_every=200, eval_every=0,
-                                        optimizer=adam, schedule=cosine)
-    config.student.train = phase_config(batch_size=128, num_epochs=40.0, augment=False,
-                                        log_every=50, checkpoint_every=200, eval_every=0,
-                                        optimizer=adam, schedule=cosine)
+    config.teacher.train = phase_config(
+        batch_size=128,
+        num_epochs=30.0,
+        augment=False,
+        log_every=50,
+        checkpoint_every=200,
+        eval_every=0,
+        optimizer=adam,
+        schedule=cosine,
+    )
+    config.student.train = phase_config(
+        batch_size=128,
+        num_epochs=40.0,
+        augment=False,
+        log_every=50,
+        checkpoint_every=200,
+        eval_every=0,
+        optimizer=adam,
+        schedule=cosine,
+    )
     config.distill.protocol = "class_unaware"
     config.distill.loss = "perception_coherence"
     config.eval.batch_size = 512

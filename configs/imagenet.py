@@ -26,9 +26,15 @@ def get_config():
     config.eval_split = "validation"
     config.teacher.model = "imagenet_resnet34"
     config.student.model = "imagenet_resnet18"
-    recipe = dict(batch_size=256, num_epochs=90.0, log_every=500, checkpoint_every=5000,
-                  eval_every=25000, optimizer=dict(learning_rate=0.1, weight_decay=1e-4),
-                  schedule=dict(decay_epochs=(30, 60)))
+    recipe = dict(
+        batch_size=256,
+        num_epochs=90.0,
+        log_every=500,
+        checkpoint_every=5000,
+        eval_every=25000,
+        optimizer=dict(learning_rate=0.1, weight_decay=1e-4),
+        schedule=dict(decay_epochs=(30, 60)),
+    )
     config.teacher.train = phase_config(**recipe)
     config.student.train = phase_config(**recipe)
     config.distill.protocol = "class_aware"

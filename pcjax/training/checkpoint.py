@@ -33,9 +33,11 @@ class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int):
         self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
-                self.directory,
-                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                                                          cleanup_tmp_directories=True))
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+            ),
+        )
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""

@@ -38,14 +38,37 @@ PROTOCOLS = ("class_unaware", "class_aware")
 
 def phase_config(**overrides) -> ml_collections.ConfigDict:
     """A training phase with RepDistiller-like SGD defaults; keyword arguments override fields."""
-    phase = ml_collections.ConfigDict(dict(
-            batch_size=64, num_steps=0, num_epochs=240.0, augment=True,
-            log_every=100, checkpoint_every=1000, keep_checkpoints=2, eval_every=0,
-            optimizer=dict(name="sgd", learning_rate=0.05, momentum=0.9, nesterov=False,
-                                          weight_decay=5e-4, b1=0.9, b2=0.999, grad_clip_norm=0.0),
-            schedule=dict(name="piecewise", warmup_steps=0, warmup_epochs=0.0, decay_steps=(),
-                                        decay_epochs=(150, 180, 210), decay_factor=0.1, end_factor=0.0),
-    ))
+    phase = ml_collections.ConfigDict(
+        dict(
+            batch_size=64,
+            num_steps=0,
+            num_epochs=240.0,
+            augment=True,
+            log_every=100,
+            checkpoint_every=1000,
+            keep_checkpoints=2,
+            eval_every=0,
+            optimizer=dict(
+                name="sgd",
+                learning_rate=0.05,
+                momentum=0.9,
+                nesterov=False,
+                weight_decay=5e-4,
+                b1=0.9,
+                b2=0.999,
+                grad_clip_norm=0.0,
+            ),
+            schedule=dict(
+                name="piecewise",
+                warmup_steps=0,
+                warmup_epochs=0.0,
+                decay_steps=(),
+                decay_epochs=(150, 180, 210),
+                decay_factor=0.1,
+                end_factor=0.0,
+            ),
+        )
+    )
     for key, value in overrides.items():
         if isinstance(value, dict):
             phase[key].update(value)
@@ -56,17 +79,30 @@ def phase_config(**overrides) -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
     """Every key of the schema with its default (configs/*.py override what differs)."""
-    return ml_collections.ConfigDict(dict(
-            name="run", seed=0, dataset="digits", data_dir="", train_split="train",
-            eval_split="test", distributed=False, num_devices=0,
+    return ml_collections.ConfigDict(
+        dict(
+            name="run",
+            seed=0,
+            dataset="digits",
+            data_dir="",
+            train_split="train",
+            eval_split="test",
+            distributed=False,
+            num_devices=0,
             teacher=dict(model="digits_cnn", checkpoint="", train=phase_config()),
             student=dict(model="digits_student", train=phase_config()),
-            distill=dict(protocol="class_unaware", loss="perception_coherence",
-                                      loss_kwargs=ml_collections.ConfigDict(),
-                                      beta=config_dict.placeholder(float), alpha=0.0, gamma=1.0,
-                                      kd_temperature=4.0),
+            distill=dict(
+                protocol="class_unaware",
+                loss="perception_coherence",
+                loss_kwargs=ml_collections.ConfigDict(),
+                beta=config_dict.placeholder(float),
+                alpha=0.0,
+                gamma=1.0,
+                kd_temperature=4.0,
+            ),
             eval=dict(batch_size=256, knn_k=5, probe_train_split="", pc_chunk_size=0),
-    ))
+        )
+    )
 
 
 def _fail(key: str, message: str):
@@ -77,12 +113,20 @@ def _check_phase(prefix: str, phase: ml_collections.ConfigDict, num_devices: int
     if phase.batch_size <= 0:
         _fail(f"{prefix}.batch_size", f"must be positive, got {phase.batch_size}")
     if phase.batch_size % num_devices:
-        _fail(f"{prefix}.batch_size",
-                    f"global batch size {phase.batch_size} is not divisible by the {num_devices} devices "
-                    "of the data mesh; use a multiple of the device count")
-    if phase.num_steps < 0 or phase.num_epochs < 0 or (phase.num_steps == 0 and phase.num_epochs == 0):
-        _fail(f"{prefix}.num_steps",
-                    f"set num_steps > 0 or num_epochs > 0 (got {phase.num_steps} and {phase.num_epochs})")
+        _fail(
+            f"{prefix}.batch_size",
+            f"global batch size {phase.batch_size} is not divisible by the {num_devices} devices "
+            "of the data mesh; use a multiple of the device count",
+        )
+    if (
+        phase.num_steps < 0
+        or phase.num_epochs < 0
+        or (phase.num_steps == 0 and phase.num_epochs == 0)
+    ):
+        _fail(
+            f"{prefix}.num_steps",
+            f"set num_steps > 0 or num_epochs > 0 (got {phase.num_steps} and {phase.num_epochs})",
+        )
     for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
         if phase[key] <= 0:
             _fail(f"{prefix}.{key}", f"must be positive, got {phase[key]}")
@@ -90,7 +134,10 @@ def _check_phase(prefix: str, phase: ml_collections.ConfigDict, num_devices: int
         _fail(f"{prefix}.eval_every", f"must be >= 0, got {phase.eval_every}")
     opt, sched = phase.optimizer, phase.schedule
     if opt.name not in optim.OPTIMIZERS:
-        _fail(f"{prefix}.optimizer.name", f"unknown optimizer {opt.name!r}; expected one of {optim.OPTIMIZERS}")
+        _fail(
+            f"{prefix}.optimizer.name",
+            f"unknown optimizer {opt.name!r}; expected one of {optim.OPTIMIZERS}",
+        )
     if not opt.learning_rate > 0:
         _fail(f"{prefix}.optimizer.learning_rate", f"must be positive, got {opt.learning_rate}")
     if opt.weight_decay < 0:
@@ -100,13 +147,19 @@ def _check_phase(prefix: str, phase: ml_collections.ConfigDict, num_devices: int
     if opt.grad_clip_norm < 0:
         _fail(f"{prefix}.optimizer.grad_clip_norm", f"must be >= 0, got {opt.grad_clip_norm}")
     if sched.name not in optim.SCHEDULES:
-        _fail(f"{prefix}.schedule.name", f"unknown schedule {sched.name!r}; expected one of {optim.SCHEDULES}")
+        _fail(
+            f"{prefix}.schedule.name",
+            f"unknown schedule {sched.name!r}; expected one of {optim.SCHEDULES}",
+        )
     if sched.warmup_steps < 0 or sched.warmup_epochs < 0:
         _fail(f"{prefix}.schedule.warmup_steps", "warmup must be >= 0")
     for key in ("decay_steps", "decay_epochs"):
         values = list(sched[key])
         if any(v <= 0 for v in values) or values != sorted(set(values)):
-            _fail(f"{prefix}.schedule.{key}", f"must be positive and strictly increasing, got {tuple(values)}")
+            _fail(
+                f"{prefix}.schedule.{key}",
+                f"must be positive and strictly increasing, got {tuple(values)}",
+            )
     if not 0 < sched.decay_factor <= 1:
         _fail(f"{prefix}.schedule.decay_factor", f"must be in (0, 1], got {sched.decay_factor}")
     if not 0 <= sched.end_factor <= 1:
@@ -132,11 +185,20 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     known_models = models.names()
     for role in ("teacher", "student"):
         if config[role].model not in known_models:
-            _fail(f"{role}.model", f"unknown model {config[role].model!r}; known: {', '.join(known_models)}")
+            _fail(
+                f"{role}.model",
+                f"unknown model {config[role].model!r}; known: {', '.join(known_models)}",
+            )
     if config.distill.protocol not in PROTOCOLS:
-        _fail("distill.protocol", f"unknown protocol {config.distill.protocol!r}; expected one of {PROTOCOLS}")
+        _fail(
+            "distill.protocol",
+            f"unknown protocol {config.distill.protocol!r}; expected one of {PROTOCOLS}",
+        )
     if config.distill.loss not in losses.names():
-        _fail("distill.loss", f"unknown loss {config.distill.loss!r}; known: {', '.join(losses.names())}")
+        _fail(
+            "distill.loss",
+            f"unknown loss {config.distill.loss!r}; known: {', '.join(losses.names())}",
+        )
     for key in ("beta", "alpha", "gamma"):
         value = config.distill[key]
         if value is not None and value < 0:
@@ -150,8 +212,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     for role in ("teacher", "student"):
         _check_phase(f"{role}.train", config[role].train, num_devices)
     if config.eval.batch_size <= 0 or config.eval.batch_size % num_devices:
-        _fail("eval.batch_size", f"must be a positive multiple of the {num_devices} devices, got "
-                    f"{config.eval.batch_size}")
+        _fail(
+            "eval.batch_size",
+            f"must be a positive multiple of the {num_devices} devices, got "
+            f"{config.eval.batch_size}",
+        )
     if config.eval.knn_k <= 0:
         _fail("eval.knn_k", f"must be positive, got {config.eval.knn_k}")
     if config.eval.pc_chunk_size < 0:

@@ -8,23 +8,34 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import jax
 import numpy as np
 
 from pcjax import metrics
 from pcjax.training import sharding
 
+# Jitted once per process: the compiled probes are reused by every model, phase and run with the
+# same feature shapes (teacher and student evaluations, a resumed run in the same process).
+_linear_probe = jax.jit(metrics.linear_probe_accuracy, static_argnames=("num_classes",))
+_knn = jax.jit(metrics.knn_accuracy, static_argnames=("k", "num_classes"))
+_pc_score = jax.jit(
+    metrics.pc_score, static_argnames=("student_metric", "teacher_metric", "chunk_size")
+)
+
 
 def predict(forward: Callable, variables, batches: Iterable[dict]) -> dict[str, np.ndarray]:
-    """Runs `forward(variables, images)` over `batches`; returns host arrays of the real examples.
+    """Runs `forward(variables, images)` over `batches`; host arrays of the real examples only.
 
     Returns:
-        {"features": (N, D), "logits": (N, C), "label": (N,)} with N the number of unpadded examples.
+      {"features": (N, D), "logits": (N, C), "label": (N,)}, N the number of unpadded examples.
     """
     chunks = {"features": [], "logits": [], "label": []}
     for batch in batches:
         out = forward(variables, batch["image"])
-        host = sharding.to_host({"features": out.features, "logits": out.logits,
-                                                          "label": batch["label"], "mask": batch["mask"]})
+        host = sharding.to_host(
+            {"features": out.features, "logits": out.logits, "label": batch["label"],
+             "mask": batch["mask"]}
+        )
         keep = host["mask"].astype(bool)
         for key in chunks:
             chunks[key].append(host[key][keep])
@@ -36,21 +47,39 @@ def top1(pred: dict[str, np.ndarray]) -> float:
     return float(metrics.accuracy(pred["logits"], pred["label"]))
 
 
-def feature_quality(train: dict[str, np.ndarray], test: dict[str, np.ndarray], *, knn_k: int
-                                        ) -> dict[str, float]:
-    """Linear-probe and kNN top-1 of frozen features: fit on `train`, score on `test`, in [0, 1]."""
+def feature_quality(
+    train: dict[str, np.ndarray], test: dict[str, np.ndarray], *, knn_k: int, num_classes: int
+) -> dict[str, float]:
+    """Linear-probe and kNN top-1 of frozen features: fit on `train`, score on `test`, in [0, 1].
+
+    The probe is `metrics.linear_probe_accuracy` (L2-regularized multinomial logistic regression
+    on standardized features); kNN is `metrics.knn_accuracy` with `knn_k` neighbours.
+    """
+    args = (train["features"], train["label"], test["features"], test["label"])
     return {
-            "linear_probe": float(metrics.linear_probe_accuracy(
-                    train["features"], train["label"], test["features"], test["label"])),
-            "knn": float(metrics.knn_accuracy(
-                    train["features"], train["label"], test["features"], test["label"], k=knn_k)),
+        "linear_probe": float(_linear_probe(*args, num_classes=num_classes)),
+        "knn": float(_knn(*args, k=knn_k, num_classes=num_classes)),
     }
 
 
-def coherence(student: dict[str, np.ndarray], teacher: dict[str, np.ndarray], *,
-                            chunk_size: int, student_metric: str = "euclidean",
-                            teacher_metric: str = "euclidean") -> float:
-    """`pc_score` of the student's features against the teacher's over the same examples, in [-1, 1]."""
-    return float(metrics.pc_score(student["features"], teacher["features"],
-                                                                student_metric=student_metric, teacher_metric=teacher_metric,
-                                                                chunk_size=chunk_size or None))
+def coherence(
+    student: dict[str, np.ndarray],
+    teacher: dict[str, np.ndarray],
+    *,
+    chunk_size: int,
+    student_metric: str = "euclidean",
+    teacher_metric: str = "euclidean",
+) -> float:
+    """`pc_score` of student vs teacher features over the same examples, in [-1, 1].
+
+    `chunk_size` references at a time (0: the pc_score default).
+    """
+    return float(
+        _pc_score(
+            student["features"],
+            teacher["features"],
+            student_metric=student_metric,
+            teacher_metric=teacher_metric,
+            chunk_size=chunk_size or None,
+        )
+    )

@@ -48,8 +48,15 @@ class MetricWriter:
         scalars = {k: float(v) for k, v in scalars.items()}
         record = {"phase": phase, "split": split, "step": int(step), "time": time.time(), **scalars}
         with open(self.path, "a") as f:
-            f.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
-                                                    for k, v in record.items()}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+                        for k, v in record.items()
+                    }
+                )
+                + "\n"
+            )
         for name, value in scalars.items():
             self._tb.add_scalar(f"{phase}/{split}/{name}", value, int(step))
         self._tb.flush()
@@ -63,8 +70,15 @@ class Progress:
     """A tqdm bar over a phase's steps showing steps/s and the last logged loss."""
 
     def __init__(self, phase: str, total: int, initial: int):
-        self._bar = tqdm.tqdm(total=total, initial=initial, desc=phase, unit="step",
-                                                    disable=not _is_writer(), dynamic_ncols=True, mininterval=1.0)
+        self._bar = tqdm.tqdm(
+            total=total,
+            initial=initial,
+            desc=phase,
+            unit="step",
+            disable=not _is_writer(),
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
 
     def update(self, n: int = 1, loss: float | None = None) -> None:
         if loss is not None:

@@ -39,9 +39,13 @@ def make_mesh(num_devices: int = 0, devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     if num_devices:
         if num_devices > len(devices):
-            raise ValueError(f"num_devices: asked for {num_devices} devices, only {len(devices)} exist")
+            raise ValueError(
+                f"num_devices: asked for {num_devices} devices, only {len(devices)} exist"
+            )
         devices = devices[:num_devices]
-    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+    return jax.make_mesh(
+        (len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -58,14 +62,18 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, key: str) -> None:
     """Raises ValueError naming `key` when the global batch does not split evenly over the mesh."""
     n = mesh.shape[DATA_AXIS]
     if global_batch_size % n:
-        raise ValueError(f"config.{key}: global batch size {global_batch_size} is not divisible by the "
-                                          f"{n} devices of the data mesh")
+        raise ValueError(
+            f"config.{key}: global batch size {global_batch_size} is not divisible by the "
+            f"{n} devices of the data mesh"
+        )
 
 
 def to_host(tree):
     """NumPy copy of a tree of (possibly multi-host) arrays, gathered on every process."""
+
     def get(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)
+
     return jax.tree.map(get, tree)

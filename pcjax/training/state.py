@@ -69,7 +69,9 @@ def merge(graphdef, params, rng_state, model_state, *, step_key=None) -> nnx.Mod
     # jax.grad even when the states were created at the enclosing jit's level.
     model = nnx.merge(graphdef, params, rng_state, model_state, copy=True)
     if step_key is not None:
-        tags = sorted({node.tag for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)})
+        tags = sorted(
+            {node.tag for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)}
+        )
         if tags:
             nnx.reseed(model, **{t: jax.random.fold_in(step_key, i) for i, t in enumerate(tags)})
     return model

@@ -17,7 +17,9 @@ from pcjax.training.state import TrainState, merge, split
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy (nats) of (B, C) logits against (B,) integer labels, in float32."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels
+    ).mean()
 
 
 def _batch_accuracy(logits, labels):
@@ -26,11 +28,18 @@ def _batch_accuracy(logits, labels):
 
 def _apply(tx, state: TrainState, grads, model_state) -> TrainState:
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return TrainState(state.step + 1, optax.apply_updates(state.params, updates), model_state, opt_state)
+    return TrainState(
+        state.step + 1, optax.apply_updates(state.params, updates), model_state, opt_state
+    )
 
 
-def make_supervised_step(graphdef, rng_state, tx: optax.GradientTransformation,
-                                                  schedule: optax.Schedule, base_key: jax.Array) -> Callable:
+def make_supervised_step(
+    graphdef,
+    rng_state,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    base_key: jax.Array,
+) -> Callable:
     """``step(state, batch) -> (state, metrics)``: one SGD step on the cross-entropy of the labels.
 
     batch: {"image": (B, ...) float32, "label": (B,) int}. The model runs in train mode (batch
@@ -46,18 +55,35 @@ def make_supervised_step(graphdef, rng_state, tx: optax.GradientTransformation,
             out = model(batch["image"], train=True)
             return cross_entropy(out.logits, batch["label"]), (split(model)[3], out.logits)
 
-        (loss, (model_state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        metrics = {"loss": loss, "accuracy": _batch_accuracy(logits, batch["label"]),
-                              "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+        (loss, (model_state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        metrics = {
+            "loss": loss,
+            "accuracy": _batch_accuracy(logits, batch["label"]),
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(state.step),
+        }
         return _apply(tx, state, grads, model_state), metrics
 
     return step
 
 
-def make_distill_step(graphdef, rng_state, teacher_graphdef, teacher_rng_state,
-                                            tx: optax.GradientTransformation, schedule: optax.Schedule,
-                                            base_key: jax.Array, *, loss_spec, loss_kwargs: dict,
-                                            weights: dict[str, float], kd_fn: Callable, kd_temperature: float) -> Callable:
+def make_distill_step(
+    graphdef,
+    rng_state,
+    teacher_graphdef,
+    teacher_rng_state,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    base_key: jax.Array,
+    *,
+    loss_spec,
+    loss_kwargs: dict,
+    weights: dict[str, float],
+    kd_fn: Callable,
+    kd_temperature: float,
+) -> Callable:
     """``step(state, teacher_variables, batch) -> (state, metrics)``: one distillation step.
 
     The frozen teacher runs in eval mode (running BatchNorm statistics) under ``stop_gradient``; the
@@ -77,25 +103,35 @@ def make_distill_step(graphdef, rng_state, teacher_graphdef, teacher_rng_state,
 
     def step(state: TrainState, teacher_variables, batch):
         key = jax.random.fold_in(base_key, state.step)
-        teacher = merge(teacher_graphdef, teacher_variables["params"], teacher_rng_state,
-                                        teacher_variables["model_state"])
+        teacher = merge(
+            teacher_graphdef,
+            teacher_variables["params"],
+            teacher_rng_state,
+            teacher_variables["model_state"],
+        )
         t_out = jax.lax.stop_gradient(teacher(batch["image"], train=False))
 
         def loss_fn(params):
             student = merge(graphdef, params, rng_state, state.model_state, step_key=key)
             s_out = student(batch["image"], train=True)
             terms = {
-                    "ce": cross_entropy(s_out.logits, batch["label"]),
-                    "kd": kd_fn(s_out.logits, t_out.logits, temperature=kd_temperature),
-                    "transfer": loss_spec.fn(student.project(pick(s_out)), pick(t_out), **loss_kwargs),
+                "ce": cross_entropy(s_out.logits, batch["label"]),
+                "kd": kd_fn(s_out.logits, t_out.logits, temperature=kd_temperature),
+                "transfer": loss_spec.fn(student.project(pick(s_out)), pick(t_out), **loss_kwargs),
             }
             total = sum(weights[k] * terms[k] for k in terms if weights[k])
             return total, (split(student)[3], terms, s_out.logits)
 
-        (loss, (model_state, terms, logits)), grads = jax.value_and_grad(
-                loss_fn, has_aux=True)(state.params)
-        metrics = {"loss": loss, **terms, "accuracy": _batch_accuracy(logits, batch["label"]),
-                              "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+        (loss, (model_state, terms, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        metrics = {
+            "loss": loss,
+            **terms,
+            "accuracy": _batch_accuracy(logits, batch["label"]),
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(state.step),
+        }
         return _apply(tx, state, grads, model_state), metrics
 
     return step

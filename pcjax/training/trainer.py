@@ -76,8 +76,13 @@ class Context:
         return data.spec(self.config.dataset).num_classes
 
     def eval_batches(self, split: str):
-        return data.eval_batches(self.config.dataset, split, data_dir=self.data_dir,
-                                                          global_batch_size=self.config.eval.batch_size, mesh=self.mesh)
+        return data.eval_batches(
+            self.config.dataset,
+            split,
+            data_dir=self.data_dir,
+            global_batch_size=self.config.eval.batch_size,
+            mesh=self.mesh,
+        )
 
     def jit_forward(self, forward: Callable) -> Callable:
         return jax.jit(forward, in_shardings=(self.replicated, sharding.batch_sharded(self.mesh)))
@@ -93,42 +98,64 @@ def _check_finite(phase: str, pending: list, ckpt: checkpoint.Checkpointer) -> d
         if not math.isfinite(float(m["loss"])):
             ckpt.wait()
             last = ckpt.latest_step()
-            where = (f"the last good checkpoint (step {last}) in {ckpt.directory} is intact"
-                              if last is not None else "no checkpoint was written")
+            where = (
+                f"the last good checkpoint (step {last}) in {ckpt.directory} is intact"
+                if last is not None
+                else "no checkpoint was written"
+            )
             raise TrainingDivergedError(
-                    f"{phase}: loss is {float(m['loss'])} at step {step}; stopping ({where}). Lower the "
-                    "learning rate or the loss weight, or clip gradients (optimizer.grad_clip_norm).")
+                f"{phase}: loss is {float(m['loss'])} at step {step}; stopping ({where}). Lower the "
+                "learning rate or the loss weight, or clip gradients (optimizer.grad_clip_norm)."
+            )
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
-def _run_phase(ctx: Context, phase: str, *, step_fn: Callable, extra_args: tuple,
-                              state: state_lib.TrainState, steps: optim.PhaseSteps,
-                              phase_cfg: ml_collections.ConfigDict, seed: int,
-                              eval_fn: Callable | None) -> state_lib.TrainState:
+def _run_phase(
+    ctx: Context,
+    phase: str,
+    *,
+    step_fn: Callable,
+    extra_args: tuple,
+    state: state_lib.TrainState,
+    steps: optim.PhaseSteps,
+    phase_cfg: ml_collections.ConfigDict,
+    seed: int,
+    eval_fn: Callable | None,
+) -> state_lib.TrainState:
     """Trains `state` to ``steps.total``, resuming from the phase's latest checkpoint."""
     rep = ctx.replicated
     n_extra = len(extra_args)
     train_step = jax.jit(
-            step_fn,
-            in_shardings=(rep,) * (1 + n_extra) + (sharding.batch_sharded(ctx.mesh),),
-            out_shardings=(rep, rep),
-            donate_argnums=0)
-    ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, phase, "checkpoints"),
-                                                                  max_to_keep=phase_cfg.keep_checkpoints)
+        step_fn,
+        in_shardings=(rep,) * (1 + n_extra) + (sharding.batch_sharded(ctx.mesh),),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
+    ckpt = checkpoint.Checkpointer(
+        os.path.join(ctx.workdir, phase, "checkpoints"), max_to_keep=phase_cfg.keep_checkpoints
+    )
     latest = ckpt.latest_step()
     if latest is not None:
         state = ckpt.restore(latest, checkpoint.abstract_like(state, rep))
     start = int(jax.device_get(state.step))
     batches = data.train_batches(
-            ctx.config.dataset, data_dir=ctx.data_dir, split=ctx.config.train_split,
-            global_batch_size=phase_cfg.batch_size, seed=seed, start_step=start, mesh=ctx.mesh,
-            augment=phase_cfg.augment)
+        ctx.config.dataset,
+        data_dir=ctx.data_dir,
+        split=ctx.config.train_split,
+        global_batch_size=phase_cfg.batch_size,
+        seed=seed,
+        start_step=start,
+        mesh=ctx.mesh,
+        augment=phase_cfg.augment,
+    )
     progress = log_lib.Progress(phase, steps.total, start)
     pending = []
     try:
         for step in range(start, steps.total):
             batch = next(batches)
-            state, metrics = train_step(state, *extra_args, {"image": batch["image"], "label": batch["label"]})
+            state, metrics = train_step(
+                state, *extra_args, {"image": batch["image"], "label": batch["label"]}
+            )
             done = step + 1
             pending.append((done, metrics))
             is_last = done == steps.total
@@ -142,8 +169,11 @@ def _run_phase(ctx: Context, phase: str, *, step_fn: Callable, extra_args: tuple
                 ctx.writer.write(phase, "train", done, means)
             if save_now:
                 ckpt.save(done, state)
-            if eval_fn is not None and phase_cfg.eval_every and (done % phase_cfg.eval_every == 0
-                                                                                                                      or is_last):
+            if (
+                eval_fn is not None
+                and phase_cfg.eval_every
+                and (done % phase_cfg.eval_every == 0 or is_last)
+            ):
                 ctx.writer.write(phase, "eval", done, eval_fn(state))
             progress.update(1, loss)
         ckpt.wait()
@@ -167,10 +197,10 @@ def teacher_phase(ctx: Context) -> Model:
     ``<workdir>/teacher/model``; training state checkpoints go to ``<workdir>/teacher/checkpoints``.
     """
     cfg = ctx.config
-    model_fn = lambda: models.create(cfg.teacher.model, num_classes=ctx.num_classes,
-                                                                      rngs=nnx.Rngs(cfg.seed))
-    graphdef, abstract_params, _, abstract_model_state = state_lib.split(
-            nnx.eval_shape(model_fn))
+    model_fn = lambda: models.create(
+        cfg.teacher.model, num_classes=ctx.num_classes, rngs=nnx.Rngs(cfg.seed)
+    )
+    graphdef, abstract_params, _, abstract_model_state = state_lib.split(nnx.eval_shape(model_fn))
     export = cfg.teacher.checkpoint or os.path.join(ctx.workdir, TEACHER, "model")
     if cfg.teacher.checkpoint and not checkpoint.model_exists(export):
         raise FileNotFoundError(f"config.teacher.checkpoint: no exported teacher at {export}")
@@ -184,15 +214,27 @@ def teacher_phase(ctx: Context) -> Model:
         forward = ctx.jit_forward(steps_lib.make_forward(graphdef, rng_state))
 
         def eval_fn(s):
-            pred = evaluation.predict(forward, state_lib.export_variables(s), ctx.eval_batches(cfg.eval_split))
+            pred = evaluation.predict(
+                forward, state_lib.export_variables(s), ctx.eval_batches(cfg.eval_split)
+            )
             return {"top1": evaluation.top1(pred)}
 
-        state = _run_phase(ctx, TEACHER, step_fn=step_fn, extra_args=(), state=state, steps=steps,
-                                              phase_cfg=phase, seed=cfg.seed, eval_fn=eval_fn)
+        state = _run_phase(
+            ctx,
+            TEACHER,
+            step_fn=step_fn,
+            extra_args=(),
+            state=state,
+            steps=steps,
+            phase_cfg=phase,
+            seed=cfg.seed,
+            eval_fn=eval_fn,
+        )
         checkpoint.save_model(export, state_lib.export_variables(state))
     rng_state = _concrete_rng_state(model_fn, ctx)
-    target = checkpoint.abstract_like({"params": abstract_params, "model_state": abstract_model_state},
-                                                                        ctx.replicated)
+    target = checkpoint.abstract_like(
+        {"params": abstract_params, "model_state": abstract_model_state}, ctx.replicated
+    )
     return Model(graphdef, rng_state, checkpoint.load_model(export, target))
 
 
@@ -201,6 +243,9 @@ def _concrete_rng_state(model_fn: Callable, ctx: Context):
 
     Only the rng outputs are kept, so XLA drops the parameter initializers from this program.
     """
+    abstract = state_lib.split(nnx.eval_shape(model_fn))[2]
+    if not jax.tree.leaves(abstract):
+        return abstract
     return jax.jit(lambda: state_lib.split(model_fn())[2], out_shardings=ctx.replicated)()
 
 
@@ -221,17 +266,23 @@ def student_phase(ctx: Context, teacher: Model) -> Model:
     cfg = ctx.config
     spec = losses.get(cfg.distill.loss)
     image_shape = data.spec(cfg.dataset).image_shape
-    net_fn = lambda: models.create(cfg.student.model, num_classes=ctx.num_classes,
-                                                                  rngs=nnx.Rngs(cfg.seed + 1))
+    net_fn = lambda: models.create(
+        cfg.student.model, num_classes=ctx.num_classes, rngs=nnx.Rngs(cfg.seed + 1)
+    )
     head_dims = None
     if spec.projection == "linear":
-        teacher_fn = lambda: models.create(cfg.teacher.model, num_classes=ctx.num_classes,
-                                                                              rngs=nnx.Rngs(cfg.seed))
-        head_dims = (_loss_input_dim(net_fn, image_shape, spec.inputs),
-                                  _loss_input_dim(teacher_fn, image_shape, spec.inputs))
+        teacher_fn = lambda: models.create(
+            cfg.teacher.model, num_classes=ctx.num_classes, rngs=nnx.Rngs(cfg.seed)
+        )
+        head_dims = (
+            _loss_input_dim(net_fn, image_shape, spec.inputs),
+            _loss_input_dim(teacher_fn, image_shape, spec.inputs),
+        )
     elif spec.projection is not None:
-        raise ValueError(f"config.distill.loss: projection {spec.projection!r} of loss "
-                                          f"{cfg.distill.loss!r} is not supported (expected None or 'linear')")
+        raise ValueError(
+            f"config.distill.loss: projection {spec.projection!r} of loss "
+            f"{cfg.distill.loss!r} is not supported (expected None or 'linear')"
+        )
     model_fn = lambda: state_lib.Student(net_fn(), head_dims, rngs=nnx.Rngs(cfg.seed + 2))
 
     phase = cfg.student.train
@@ -240,25 +291,51 @@ def student_phase(ctx: Context, teacher: Model) -> Model:
     graphdef, rng_state, state = state_lib.create(model_fn, tx, ctx.replicated)
     base_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
     step_fn = steps_lib.make_distill_step(
-            graphdef, rng_state, teacher.graphdef, teacher.rng_state, tx, schedule, base_key,
-            loss_spec=spec, loss_kwargs=dict(cfg.distill.loss_kwargs),
-            weights=config_lib.loss_weights(cfg), kd_fn=losses.get("kd").fn,
-            kd_temperature=cfg.distill.kd_temperature)
+        graphdef,
+        rng_state,
+        teacher.graphdef,
+        teacher.rng_state,
+        tx,
+        schedule,
+        base_key,
+        loss_spec=spec,
+        loss_kwargs=dict(cfg.distill.loss_kwargs),
+        weights=config_lib.loss_weights(cfg),
+        kd_fn=losses.get("kd").fn,
+        kd_temperature=cfg.distill.kd_temperature,
+    )
     forward = ctx.jit_forward(steps_lib.make_forward(graphdef, rng_state))
     teacher_test = None
 
     def eval_fn(s):
         nonlocal teacher_test
         if teacher_test is None:
-            teacher_test = evaluation.predict(ctx.jit_forward(teacher.forward), teacher.variables,
-                                                                                ctx.eval_batches(cfg.eval_split))
-        pred = evaluation.predict(forward, state_lib.export_variables(s), ctx.eval_batches(cfg.eval_split))
-        return {"top1": evaluation.top1(pred),
-                        "pc_score": evaluation.coherence(pred, teacher_test, chunk_size=cfg.eval.pc_chunk_size,
-                                                                                          **_pc_metrics(cfg))}
+            teacher_test = evaluation.predict(
+                ctx.jit_forward(teacher.forward),
+                teacher.variables,
+                ctx.eval_batches(cfg.eval_split),
+            )
+        pred = evaluation.predict(
+            forward, state_lib.export_variables(s), ctx.eval_batches(cfg.eval_split)
+        )
+        return {
+            "top1": evaluation.top1(pred),
+            "pc_score": evaluation.coherence(
+                pred, teacher_test, chunk_size=cfg.eval.pc_chunk_size, **_pc_metrics(cfg)
+            ),
+        }
 
-    state = _run_phase(ctx, STUDENT, step_fn=step_fn, extra_args=(teacher.variables,), state=state,
-                                          steps=steps, phase_cfg=phase, seed=cfg.seed + 1, eval_fn=eval_fn)
+    state = _run_phase(
+        ctx,
+        STUDENT,
+        step_fn=step_fn,
+        extra_args=(teacher.variables,),
+        state=state,
+        steps=steps,
+        phase_cfg=phase,
+        seed=cfg.seed + 1,
+        eval_fn=eval_fn,
+    )
     return Model(graphdef, rng_state, state_lib.export_variables(state))
 
 
@@ -287,17 +364,22 @@ def evaluate(ctx: Context, teacher: Model, student: Model) -> dict[str, float]:
         train = evaluation.predict(forward, model.variables, ctx.eval_batches(probe_split))
         preds[name] = test
         results[f"{name}/top1"] = evaluation.top1(test)
-        for k, v in evaluation.feature_quality(train, test, knn_k=cfg.eval.knn_k).items():
+        for k, v in evaluation.feature_quality(
+            train, test, knn_k=cfg.eval.knn_k, num_classes=ctx.num_classes
+        ).items():
             results[f"{name}/{k}"] = v
     results["student/pc_score"] = evaluation.coherence(
-            preds[STUDENT], preds[TEACHER], chunk_size=cfg.eval.pc_chunk_size, **_pc_metrics(cfg))
+        preds[STUDENT], preds[TEACHER], chunk_size=cfg.eval.pc_chunk_size, **_pc_metrics(cfg)
+    )
     return results
 
 
 def summary_table(config: ml_collections.ConfigDict, results: dict[str, float]) -> str:
     """The printed summary: one row per model, accuracies in %, pc_score in [-1, 1]."""
-    head = (f"{config.dataset}: {config.teacher.model} -> {config.student.model}, loss "
-                    f"{config.distill.loss}, protocol {config.distill.protocol}")
+    head = (
+        f"{config.dataset}: {config.teacher.model} -> {config.student.model}, loss "
+        f"{config.distill.loss}, protocol {config.distill.protocol}"
+    )
     cols = ("top1", "linear_probe", "knn", "pc_score")
     titles = ("model", "top-1 %", "linear probe %", f"kNN (k={config.eval.knn_k}) %", "pc_score")
     rows = [titles]
@@ -305,7 +387,9 @@ def summary_table(config: ml_collections.ConfigDict, results: dict[str, float]) 
         cells = [name]
         for c in cols:
             v = results.get(f"{name}/{c}")
-            cells.append("-" if v is None else (f"{v:.4f}" if c == "pc_score" else f"{100 * v:.2f}"))
+            cells.append(
+                "-" if v is None else (f"{v:.4f}" if c == "pc_score" else f"{100 * v:.2f}")
+            )
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(titles))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
@@ -324,8 +408,9 @@ def default_workdir(config: ml_collections.ConfigDict) -> str:
     return os.path.join("workdir", config.name)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.sharding.Mesh | None = None
-                ) -> dict[str, float]:
+def run(
+    config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.sharding.Mesh | None = None
+) -> dict[str, float]:
     """Validates the config, trains (or loads) the teacher, distills the student, evaluates.
 
     Writes into `workdir`: config.json, metrics.jsonl, tensorboard/, teacher/, student/ and

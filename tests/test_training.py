@@ -1,0 +1,361 @@
+"""Tests of pcjax.training: schedules, optimizer, config checks, checkpoints, NaN stop, sharding,
+and the whole job end to end on digits (tiny step counts), including resume after a crash."""
+
+import json
+import math
+import os
+import shutil
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from pcjax import losses, models
+from pcjax.training import checkpoint, optim, sharding, trainer
+from pcjax.training import config as config_lib
+from pcjax.training import logging as log_lib
+from pcjax.training import state as state_lib
+from pcjax.training import steps as steps_lib
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from configs import digits  # noqa: E402
+
+
+def tiny_digits_config(teacher_steps=6, student_steps=6):
+    """The default digits job shrunk to a few steps of batch 16 on a 2-device mesh.
+
+    Two devices exercise the sharded path at a fraction of the compile time of eight; the
+    8-versus-1-device equivalence has its own test.
+    """
+    config = digits.get_config()
+    config.num_devices = 2
+    for role, n in (("teacher", teacher_steps), ("student", student_steps)):
+        phase = config[role].train
+        phase.batch_size = 16
+        phase.num_epochs = 0.0
+        phase.num_steps = n
+        phase.log_every = 2
+        phase.checkpoint_every = 3
+        phase.schedule.warmup_steps = 2
+    return config
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def _phase(**kw):
+    return config_lib.phase_config(**kw)
+
+
+def test_piecewise_schedule_matches_multistep_reference():
+    phase = _phase(
+        batch_size=10,
+        num_epochs=6.0,
+        schedule=dict(name="piecewise", decay_epochs=(2, 4), decay_factor=0.1),
+    )
+    steps = optim.resolve_steps(phase, num_train_examples=105)  # 10 steps per epoch
+    assert (steps.total, steps.steps_per_epoch, steps.decay_boundaries) == (60, 10, (20, 40))
+    _, lr = optim.make_optimizer(phase, steps)
+    for t in range(60):
+        expected = 0.05 * 0.1 ** sum(t >= b for b in (20, 40))
+        np.testing.assert_allclose(float(lr(t)), expected, rtol=1e-6)
+
+
+def test_cosine_schedule_with_warmup_matches_closed_form():
+    phase = _phase(
+        num_steps=100,
+        optimizer=dict(learning_rate=0.2),
+        schedule=dict(name="cosine", warmup_steps=10, end_factor=0.0),
+    )
+    steps = optim.resolve_steps(phase, num_train_examples=1000)
+    _, lr = optim.make_optimizer(phase, steps)
+    for t in (0, 5, 10, 40, 99):
+        if t < 10:
+            expected = 0.2 * t / 10
+        else:
+            expected = 0.1 * (1 + math.cos(math.pi * (t - 10) / 90))
+        np.testing.assert_allclose(float(lr(t)), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_sgd_matches_pytorch_momentum_and_weight_decay():
+    phase = _phase(
+        num_steps=10,
+        schedule=dict(name="constant"),
+        optimizer=dict(learning_rate=0.1, momentum=0.9, weight_decay=0.01),
+    )
+    tx, _ = optim.make_optimizer(phase, optim.resolve_steps(phase, 100))
+    w = jnp.array([1.0, -2.0])
+    grads = [jnp.array([0.5, 0.25]), jnp.array([-1.0, 2.0]), jnp.array([0.0, 1.0])]
+    opt_state = tx.init(w)
+    w_ref, buf = np.array([1.0, -2.0]), np.zeros(2)
+    for g in grads:
+        updates, opt_state = tx.update(g, opt_state, w)
+        w = optax.apply_updates(w, updates)
+        d = np.asarray(g) + 0.01 * w_ref  # torch.optim.SGD: decay, then momentum buffer
+        buf = 0.9 * buf + d
+        w_ref = w_ref - 0.1 * buf
+    np.testing.assert_allclose(np.asarray(w), w_ref, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("teacher.model", "resnet9000", "config.teacher.model: unknown model 'resnet9000'"),
+        ("student.model", "nope", "config.student.model: unknown model"),
+        ("dataset", "mnist_missing", "config.dataset: unknown dataset"),
+        ("distill.loss", "crd_typo", "config.distill.loss: unknown loss"),
+        ("distill.protocol", "both", "config.distill.protocol: unknown protocol"),
+        (
+            "student.train.optimizer.learning_rate",
+            -0.1,
+            "config.student.train.optimizer.learning_rate: must be positive",
+        ),
+        (
+            "teacher.train.optimizer.name",
+            "lamb",
+            "config.teacher.train.optimizer.name: unknown optimizer",
+        ),
+        (
+            "teacher.train.batch_size",
+            12,
+            "config.teacher.train.batch_size: global batch size 12 is not "
+            "divisible by the 8 devices",
+        ),
+        (
+            "student.train.schedule.decay_epochs",
+            (20, 10),
+            "config.student.train.schedule.decay_epochs",
+        ),
+        ("distill.beta", -1.0, "config.distill.beta: loss weights must be >= 0"),
+    ],
+)
+def test_bad_config_value_is_rejected_naming_the_key(key, value, message):
+    config = tiny_digits_config()
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_lib.validate(config, num_devices=8)
+
+
+def test_bad_config_fails_before_anything_is_trained(tmp_path):
+    config = tiny_digits_config()
+    config.student.train.batch_size = 13
+    with pytest.raises(ValueError, match="config.student.train.batch_size: global batch size 13"):
+        trainer.run(config, str(tmp_path))
+    assert not os.path.exists(tmp_path / "teacher")
+
+
+def test_mesh_spans_all_devices_and_rejects_uneven_batch():
+    mesh = sharding.make_mesh()
+    assert mesh.shape == {"data": jax.device_count()}
+    with pytest.raises(
+        ValueError, match="config.eval.batch_size: global batch size 10 is not divisible"
+    ):
+        sharding.check_batch_size(10, mesh, "eval.batch_size")
+
+
+# ----------------------------------------------------------------------------- checkpoints, NaN
+
+
+def test_checkpointer_keeps_last_k_and_restores_exactly(tmp_path):
+    mesh = sharding.make_mesh(1)
+    rep = sharding.replicated(mesh)
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "n": jnp.int32(0)}
+    ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=2)
+    for step in (2, 4, 6):
+        ckpt.save(step, {"w": tree["w"] * step, "n": jnp.int32(step)})
+    ckpt.wait()
+    assert ckpt.latest_step() == 6
+    assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [4, 6]
+    restored = ckpt.restore(4, checkpoint.abstract_like(tree, rep))
+    np.testing.assert_array_equal(restored["w"], np.arange(6.0).reshape(2, 3) * 4)
+    assert int(restored["n"]) == 4
+    ckpt.close()
+
+
+def test_nan_loss_stops_the_run_naming_the_step_and_keeps_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
+    config = tiny_digits_config()
+    phase = config.teacher.train
+    phase.num_steps, phase.log_every, phase.checkpoint_every = 12, 2, 4
+    mesh = sharding.make_mesh()
+    ctx = trainer.Context(config, str(tmp_path), mesh, log_lib.MetricWriter(str(tmp_path)))
+    nan_at = 7  # loss of the step that brings the count to 7 is NaN
+
+    def step_fn(state, batch):
+        loss = jnp.where(state.step + 1 == nan_at, jnp.nan, jnp.mean(batch["image"]))
+        return state.replace(step=state.step + 1, params=state.params + 1.0), {"loss": loss}
+
+    state = state_lib.TrainState(jnp.int32(0), jnp.zeros(3), {}, {})
+    steps = optim.resolve_steps(phase, 1000)
+    with pytest.raises(trainer.TrainingDivergedError, match=r"loss is nan at step 7.*step 4"):
+        trainer._run_phase(
+            ctx,
+            "teacher",
+            step_fn=step_fn,
+            extra_args=(),
+            state=state,
+            steps=steps,
+            phase_cfg=phase,
+            seed=0,
+            eval_fn=None,
+        )
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "teacher" / "checkpoints"), max_to_keep=2)
+    assert ckpt.latest_step() == 4
+    restored = ckpt.restore(4, checkpoint.abstract_like(state, sharding.replicated(mesh)))
+    np.testing.assert_array_equal(restored.params, np.full(3, 4.0))
+    ctx.writer.close()
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def test_eight_devices_give_the_one_device_loss_trajectory():
+    """Same global batch on a 1-device and an 8-device mesh: same losses and parameters."""
+    num_classes = 10
+    teacher_fn = lambda: models.create("digits_cnn", num_classes=num_classes, rngs=nnx.Rngs(0))
+    student_fn = lambda: state_lib.Student(
+        models.create("digits_student", num_classes=num_classes, rngs=nnx.Rngs(1)),
+        None,
+        rngs=nnx.Rngs(2),
+    )
+    phase = _phase(
+        num_steps=3, schedule=dict(name="constant"), optimizer=dict(name="sgd", learning_rate=0.1)
+    )
+    tx, lr = optim.make_optimizer(phase, optim.resolve_steps(phase, 100))
+    rng = np.random.default_rng(0)
+    batches = [
+        {
+            "image": rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
+            "label": rng.integers(0, num_classes, 16).astype(np.int32),
+        }
+        for _ in range(3)
+    ]
+    trajectories = []
+    for n in (1, 8):
+        mesh = sharding.make_mesh(n)
+        rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+        t_graph, t_rng, t_state = state_lib.create(teacher_fn, tx, rep)
+        graph, rng_state, state = state_lib.create(student_fn, tx, rep)
+        step = steps_lib.make_distill_step(
+            graph,
+            rng_state,
+            t_graph,
+            t_rng,
+            tx,
+            lr,
+            jax.random.key(0),
+            loss_spec=losses.get("perception_coherence"),
+            loss_kwargs={},
+            weights={"ce": 1.0, "kd": 0.5, "transfer": 10.0},
+            kd_fn=losses.get("kd").fn,
+            kd_temperature=4.0,
+        )
+        step = jax.jit(
+            step, in_shardings=(rep, rep, data), out_shardings=(rep, rep), donate_argnums=0
+        )
+        teacher_vars = state_lib.export_variables(t_state)
+        losses_seen = []
+        for b in batches:
+            state, metrics = step(state, teacher_vars, jax.device_put(b, data))
+            losses_seen.append([float(metrics[k]) for k in ("loss", "ce", "kd", "transfer")])
+        trajectories.append((np.array(losses_seen), jax.device_get(state.params)))
+    np.testing.assert_allclose(trajectories[0][0], trajectories[1][0], rtol=2e-5, atol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        trajectories[0][1],
+        trajectories[1][1],
+    )
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("digits_run"))
+    config = tiny_digits_config()
+    return config, workdir, trainer.run(config, workdir)
+
+
+def test_digits_job_reports_every_metric_in_range(finished_run):
+    _, _, results = finished_run
+    expected = {
+        "teacher/top1",
+        "teacher/linear_probe",
+        "teacher/knn",
+        "student/top1",
+        "student/linear_probe",
+        "student/knn",
+        "student/pc_score",
+    }
+    assert set(results) == expected
+    for key, value in results.items():
+        low = -1.0 if key.endswith("pc_score") else 0.0
+        assert low <= value <= 1.0, (key, value)
+
+
+def test_digits_job_writes_config_metrics_events_and_checkpoints(finished_run):
+    config, workdir, results = finished_run
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    assert saved["student"]["train"]["num_steps"] == config.student.train.num_steps
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    train_steps = {(r["phase"], r["step"]) for r in records if r["split"] == "train"}
+    assert {("teacher", 2), ("teacher", 6), ("student", 4), ("student", 6)} <= train_steps
+    assert json.load(open(os.path.join(workdir, "results.json"))) == pytest.approx(results)
+    events = os.listdir(os.path.join(workdir, "tensorboard"))
+    assert any(e.startswith("events.out.tfevents") for e in events)
+    assert checkpoint.model_exists(os.path.join(workdir, "teacher", "model"))
+    student_ckpts = os.listdir(os.path.join(workdir, "student", "checkpoints"))
+    assert "6" in student_ckpts and "3" in student_ckpts
+
+
+def test_summary_table_shows_each_model_row(finished_run):
+    config, _, results = finished_run
+    table = trainer.summary_table(config, results)
+    assert f"{100 * results['student/linear_probe']:.2f}" in table
+    assert f"{results['student/pc_score']:.4f}" in table
+    assert table.count("\n") >= 3
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_crash_after_a_checkpoint_then_rerun_gives_the_uninterrupted_results(
+    finished_run, tmp_path, monkeypatch
+):
+    """The student phase dies right after its step-3 checkpoint; the same run again resumes there,
+    reads the exported teacher, and ends with the uninterrupted run's metrics."""
+    config, finished_workdir, expected = finished_run
+    workdir = str(tmp_path)
+    shutil.copytree(os.path.join(finished_workdir, "teacher"), os.path.join(workdir, "teacher"))
+    real_save = checkpoint.Checkpointer.save
+    crash = {"armed": True}
+
+    def save_then_crash(self, step, state):
+        real_save(self, step, state)
+        if crash["armed"] and step == 3:
+            self.wait()
+            raise _Crash
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_crash)
+    with pytest.raises(_Crash):
+        trainer.run(config, workdir)
+    assert checkpoint.Checkpointer(
+        os.path.join(workdir, "student", "checkpoints"), max_to_keep=2
+    ).latest_step() == 3
+    crash["armed"] = False
+    resumed = trainer.run(config, workdir)
+    assert resumed == pytest.approx(expected, rel=1e-5, abs=1e-6)
