@@ -91,11 +91,12 @@ def _resnet(block, stem_taps, stem, widths, sizes, n):
     """RepDistiller resnet.py / resnetv2.py and torchvision ResNet: projection shortcut (1x1 conv
     + BN) whenever the stride or the width changes; stage 0 has stride 1, later ones 2."""
     total, c = _conv(stem_taps, 3, stem) + _bn(stem), stem
-    for stage, (w, size) in enumerate(zip(widths, sizes)):
+    for stage, (w, size) in enumerate(zip(widths, sizes, strict=True)):
         for i in range(size):
             out = 4 * w if block == "bottleneck" else w
             if block == "bottleneck":
-                total += _conv(1, c, w) + _bn(w) + _conv(9, w, w) + _bn(w) + _conv(1, w, out) + _bn(out)
+                total += _conv(1, c, w) + _conv(9, w, w) + _conv(1, w, out)
+                total += _bn(w) + _bn(w) + _bn(out)
             else:
                 total += _conv(9, c, w) + _bn(w) + _conv(9, w, w) + _bn(w)
             if (stage > 0 and i == 0) or c != out:
@@ -116,8 +117,8 @@ def _wrn(depth, k, n):
 
 def _vgg(cfg, n):
     widths = [v for stage in cfg for v in stage]
-    convs = sum(_conv(9, c, v, bias=True) + _bn(v) for c, v in zip([3] + widths, widths))
-    return convs + _fc(512, n)
+    pairs = zip([3, *widths[:-1]], widths, strict=True)
+    return sum(_conv(9, c, v, bias=True) + _bn(v) for c, v in pairs) + _fc(512, n)
 
 
 def _mobile_half(n):
@@ -126,7 +127,8 @@ def _mobile_half(n):
                         (6, 320, 1)):
         for _ in range(size):
             h, out = c * t, ch // 2
-            total += _conv(1, c, h) + _bn(h) + _conv(9, h, h, h) + _bn(h) + _conv(1, h, out) + _bn(out)
+            total += _conv(1, c, h) + _conv(9, h, h, h) + _conv(1, h, out)
+            total += _bn(h) + _bn(h) + _bn(out)
             c = out
     return total + _conv(1, c, 1280) + _bn(1280) + _fc(1280, n)
 
@@ -155,8 +157,8 @@ def _shufflev2(n):
 
 
 def _convnet(taps, c_in, widths, n):
-    chans = [c_in] + list(widths)
-    return sum(_conv(taps, a, b) + _bn(b) for a, b in zip(chans, widths)) + _fc(widths[-1], n)
+    pairs = zip([c_in, *widths[:-1]], widths, strict=True)
+    return sum(_conv(taps, a, b) + _bn(b) for a, b in pairs) + _fc(widths[-1], n)
 
 
 _VGG_CFGS = {
@@ -221,7 +223,8 @@ def test_nonpositive_num_classes_raises_value_error():
 def abstract_models():
     """name -> model with ShapeDtypeStruct leaves (built by tracing, no memory allocated)."""
     return {
-        name: nnx.eval_shape(lambda name=name, n=n: models.create(name, num_classes=n, rngs=nnx.Rngs(0)))
+        name: nnx.eval_shape(
+            lambda name=name, n=n: models.create(name, num_classes=n, rngs=nnx.Rngs(0)))
         for name, (n, _) in EXPECTED_PARAMS.items()
     }
 
@@ -256,14 +259,16 @@ def test_output_shapes_and_state_partition(abstract_models, name):
     # `features` is what the classifier reads, so its width is the classifier's input width.
     assert out.features.shape == (2, abstract_models[name].fc.in_features)
     # BatchNorm running statistics: a mean and a variance per normalized channel.
-    assert count(batch_stats) == 2 * sum(
-        m.num_features for _, m in nnx.iter_graph(abstract_models[name]) if isinstance(m, nnx.BatchNorm))
+    norms = [m for _, m in nnx.iter_graph(abstract_models[name]) if isinstance(m, nnx.BatchNorm)]
+    assert count(batch_stats) == 2 * sum(m.num_features for m in norms)
 
 
 def test_wrong_input_layout_raises_value_error(abstract_models):
     model = abstract_models["resnet8"]
-    with pytest.raises(ValueError, match=r"x must be channels-last .* 3 channel\(s\), got shape \(2, 3, 32, 32\)"):
-        jax.eval_shape(lambda x: model(x, train=False), jax.ShapeDtypeStruct((2, 3, 32, 32), jnp.float32))
+    nchw = jax.ShapeDtypeStruct((2, 3, 32, 32), jnp.float32)
+    with pytest.raises(ValueError, match=r"x must be channels-last .* 3 channel\(s\), got shape "
+                                         r"\(2, 3, 32, 32\)"):
+        jax.eval_shape(lambda x: model(x, train=False), nchw)
 
 
 # ---- Real computation on one cheap member of each family (batch 2) ----
@@ -370,8 +375,8 @@ def test_features_are_the_classifier_input(trained_once, name):
     fc = run["params"]["fc"]
     features, logits = (np.asarray(a) for a in run["out"])
     assert np.all(np.isfinite(features))
-    np.testing.assert_allclose(logits, features @ np.asarray(fc["kernel"].value) + np.asarray(fc["bias"].value),
-                               rtol=1e-5, atol=1e-5)
+    kernel, bias = np.asarray(fc["kernel"].value), np.asarray(fc["bias"].value)
+    np.testing.assert_allclose(logits, features @ kernel + bias, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
@@ -414,7 +419,8 @@ def test_train_mode_updates_running_averages_with_pytorch_momentum():
     apply(model, x, train=True)
     # PyTorch momentum 0.1 from the initial mean 0 / variance 1; Flax keeps the biased variance.
     bn = model.convs[0].bn
-    np.testing.assert_allclose(bn.mean.value, 0.1 * bn_input.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn.mean.value, 0.1 * bn_input.mean(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(bn.var.value, 0.9 + 0.1 * bn_input.var(axis=(0, 1, 2)), rtol=1e-4)
 
 
@@ -449,14 +455,18 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_outputs():
     assert {v.dtype for v in jax.tree.leaves(nnx.state(model16))} == {jnp.dtype(jnp.float32)}
     assert np.all(np.isfinite(np.asarray(out16.logits, np.float32)))
     scale = np.abs(np.asarray(out32.logits)).max()
-    np.testing.assert_allclose(np.asarray(out16.logits, np.float32), out32.logits, atol=0.05 * scale)
+    np.testing.assert_allclose(np.asarray(out16.logits, np.float32), out32.logits,
+                               atol=0.05 * scale)
 
 
 def test_param_dtype_sets_params_and_running_statistics_stay_float32():
     model = nnx.eval_shape(lambda: models.create("resnet8", num_classes=10, rngs=nnx.Rngs(0),
                                                  param_dtype=jnp.bfloat16))
-    assert {v.dtype for v in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
-    assert {v.dtype for v in jax.tree.leaves(nnx.state(model, nnx.BatchStat))} == {jnp.dtype(jnp.float32)}
+    def dtypes(kind):
+        return {v.dtype for v in jax.tree.leaves(nnx.state(model, kind))}
+
+    assert dtypes(nnx.Param) == {jnp.dtype(jnp.bfloat16)}
+    assert dtypes(nnx.BatchStat) == {jnp.dtype(jnp.float32)}
 
 
 # ---- Initialization and helpers ----
@@ -477,4 +487,5 @@ def test_channel_shuffle_matches_the_reference_nchw_view_permute():
     x = np.arange(2 * 3 * 3 * 12, dtype=np.float32).reshape(2, 3, 3, 12)  # NHWC
     nchw = x.transpose(0, 3, 1, 2)
     expected = nchw.reshape(2, 3, 4, 3, 3).transpose(0, 2, 1, 3, 4).reshape(2, 12, 3, 3)
-    np.testing.assert_array_equal(channel_shuffle(jnp.asarray(x), 3), expected.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(channel_shuffle(jnp.asarray(x), 3),
+                                  expected.transpose(0, 2, 3, 1))

@@ -27,7 +27,7 @@ from flax import nnx
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
-# Kaiming-normal with fan_out = k*k*out_channels: the init of every convolution in the reference zoo.
+# Kaiming-normal with fan_out = k*k*out_channels: how the reference zoo initializes every conv.
 conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 # PyTorch's nn.Linear default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which has variance 1/(3*fan_in).
 dense_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -154,7 +154,8 @@ def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
 def check_input(x: jax.Array, *, spatial_dims: int, channels: int, model: str) -> None:
     """Raises ValueError unless ``x`` is ``(B, *spatial, channels)`` with ``spatial_dims`` axes."""
     if x.ndim != spatial_dims + 2 or x.shape[-1] != channels:
-        layout = "(batch, height, width, channels)" if spatial_dims == 2 else "(batch, length, channels)"
+        layout = ("(batch, height, width, channels)" if spatial_dims == 2
+                  else "(batch, length, channels)")
         raise ValueError(
             f"{model}: x must be channels-last {layout} with {channels} channel(s), "
             f"got shape {tuple(x.shape)}"

@@ -32,7 +32,8 @@ class InvertedResidual(nnx.Module):
     """1x1 expand + relu -> 3x3 depthwise (strided) + relu -> 1x1 linear projection; the input is
     added back when the stride is 1 and the width is unchanged."""
 
-    def __init__(self, layers: Layers, in_planes: int, out_planes: int, stride: int, expansion: int):
+    def __init__(self, layers: Layers, in_planes: int, out_planes: int, stride: int,
+                 expansion: int):
         hidden = in_planes * expansion
         self.expand = ConvBN(layers, in_planes, hidden, 1)
         self.depthwise = ConvBN(layers, hidden, hidden, 3, stride, groups=hidden)

@@ -1,4 +1,4 @@
-"""Post-activation residual networks: the CIFAR ResNets of the RepDistiller zoo and ImageNet ResNets.
+"""Post-activation residual networks: RepDistiller's CIFAR ResNets and the ImageNet ResNets.
 
 He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016.
 
@@ -128,8 +128,10 @@ def cifar_resnet(layers: Layers, *, num_classes: int, depth: int, widths: Sequen
 
 
 _STAGE_WIDTHS = (64, 128, 256, 512)
-_BASIC_18 = dict(block=BasicBlock, stage_sizes=(2, 2, 2, 2), stage_widths=_STAGE_WIDTHS, stem_width=64)
-_BASIC_34 = dict(block=BasicBlock, stage_sizes=(3, 4, 6, 3), stage_widths=_STAGE_WIDTHS, stem_width=64)
+_BASIC_18 = dict(block=BasicBlock, stage_sizes=(2, 2, 2, 2), stage_widths=_STAGE_WIDTHS,
+                 stem_width=64)
+_BASIC_34 = dict(block=BasicBlock, stage_sizes=(3, 4, 6, 3), stage_widths=_STAGE_WIDTHS,
+                 stem_width=64)
 _BOTTLENECK_50 = dict(block=Bottleneck, stage_sizes=(3, 4, 6, 3), stage_widths=_STAGE_WIDTHS,
                       stem_width=64)
 
