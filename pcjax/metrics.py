@@ -19,7 +19,7 @@ def _valid(mask: jax.Array | None, num: int, name: str) -> jax.Array:
         return jnp.ones((num,), bool)
     if mask.shape != (num,):
         raise ValueError(f"{name} must have shape ({num},), got {mask.shape}.")
-    return mask.astype(bool)
+    return jnp.asarray(mask, bool)
 
 
 def _check_labelled(features, labels, features_name, labels_name):

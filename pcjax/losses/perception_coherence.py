@@ -234,7 +234,7 @@ def perception_coherence_loss(
             f"{batch}."
         )
 
-    valid = jnp.ones((batch,), bool) if mask is None else mask.astype(bool)
+    valid = jnp.ones((batch,), bool) if mask is None else jnp.asarray(mask, bool)
     # Padded rows may hold anything: zero them so no NaN/inf reaches a value or a gradient.
     student = jnp.where(valid[:, None], student_features, 0)
     teacher = jax.lax.stop_gradient(jnp.where(valid[:, None], teacher_features, 0))
@@ -311,7 +311,7 @@ def pc_score(
     chunk = min(num, 512 if chunk_size is None else chunk_size)
     if chunk < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
-    valid = jnp.ones((num,), bool) if mask is None else mask.astype(bool)
+    valid = jnp.ones((num,), bool) if mask is None else jnp.asarray(mask, bool)
     num_chunks = -(-num // chunk)
     # Padding references up to a whole number of chunks: they are marked invalid.
     ref_indices = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
