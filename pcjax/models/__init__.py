@@ -1,11 +1,12 @@
 """Model zoo: Flax NNX teachers and students, built by name.
 
 Every model is called as ``model(x, *, train)`` on a channels-last float batch and returns
-:class:`ModelOutput` ``(features, logits)``; ``features`` ``(B, D)`` is the penultimate embedding
-(the input of the final linear classifier). ``train=True`` normalizes with batch statistics and
-updates the BatchNorm running averages (``nnx.BatchStat``); ``train=False`` uses the running
-averages, so each example's output is independent of the rest of the batch. No model has dropout
-(the reference architectures use none), so calls need no random keys.
+:class:`ModelOutput` ``(features, logits)``; ``features`` ``(B, D)`` is the penultimate embedding,
+the input of the final linear classifier (always ``model.fc``, an ``nnx.Linear``). ``train=True``
+normalizes with batch statistics and updates the BatchNorm running averages (``nnx.BatchStat``);
+``train=False`` uses the running averages, so each example's output is independent of the rest
+of the batch. No model has dropout (the reference architectures use none), so calls need no
+random keys.
 
 Families: CIFAR (32x32x3) ``resnet{8,14,20,32,44,56,110}``, ``resnet{8,32}x4``, ``resnet50``,
 ``wrn_{16,40}_{1,2}``, ``vgg{8,11,13,16,19}``, ``mobilenetv2``, ``shufflev1``, ``shufflev2``
@@ -16,6 +17,13 @@ Example::
 
     model = pcjax.models.create("resnet8x4", num_classes=100, rngs=nnx.Rngs(0))
     features, logits = model(images, train=False)
+
+A model's state is exactly its ``nnx.Param`` and ``nnx.BatchStat`` variables, so a pure train
+step splits it as ``graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)``
+and, inside the function it differentiates, rebuilds it with
+``nnx.merge(graphdef, params, batch_stats, copy=True)`` (fresh variables that the train-mode
+forward pass may update within that trace), returning ``nnx.state(model, nnx.BatchStat)``
+as the new running statistics.
 """
 
 from __future__ import annotations
