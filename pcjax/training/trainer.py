@@ -197,9 +197,7 @@ def teacher_phase(ctx: Context) -> Model:
     ``<workdir>/teacher/model``; training state checkpoints go to ``<workdir>/teacher/checkpoints``.
     """
     cfg = ctx.config
-    model_fn = lambda: models.create(
-        cfg.teacher.model, num_classes=ctx.num_classes, rngs=nnx.Rngs(cfg.seed)
-    )
+    model_fn = teacher_fn(cfg)
     graphdef, abstract_params, _, abstract_model_state = state_lib.split(nnx.eval_shape(model_fn))
     export = cfg.teacher.checkpoint or os.path.join(ctx.workdir, TEACHER, "model")
     if cfg.teacher.checkpoint and not checkpoint.model_exists(export):
@@ -252,9 +250,60 @@ def _concrete_rng_state(model_fn: Callable, ctx: Context):
 # ----------------------------------------------------------------------------- student phase
 
 
+def teacher_fn(cfg: ml_collections.ConfigDict) -> Callable[[], nnx.Module]:
+    """Builds the teacher network (seeded by ``cfg.seed``)."""
+    num_classes = data.spec(cfg.dataset).num_classes
+    return lambda: models.create(
+        cfg.teacher.model, num_classes=num_classes, rngs=nnx.Rngs(cfg.seed)
+    )
+
+
 def _loss_input_dim(model_fn: Callable, image_shape, inputs: str) -> int:
     out = nnx.eval_shape(lambda: model_fn()(np.zeros((1, *image_shape), np.float32), train=False))
     return (out.features if inputs == "features" else out.logits).shape[-1]
+
+
+def student_fn(cfg: ml_collections.ConfigDict) -> Callable[[], state_lib.Student]:
+    """Builds the student network plus the loss's projection head, if it has one.
+
+    The head maps the student's loss input (features or logits) to the teacher's width; its two
+    sizes are read from the models' output shapes (``nnx.eval_shape``, nothing is computed).
+    """
+    spec = losses.get(cfg.distill.loss)
+    dataset = data.spec(cfg.dataset)
+    net_fn = lambda: models.create(
+        cfg.student.model, num_classes=dataset.num_classes, rngs=nnx.Rngs(cfg.seed + 1)
+    )
+    head_dims = None
+    if spec.projection == "linear":
+        head_dims = (
+            _loss_input_dim(net_fn, dataset.image_shape, spec.inputs),
+            _loss_input_dim(teacher_fn(cfg), dataset.image_shape, spec.inputs),
+        )
+    elif spec.projection is not None:
+        raise ValueError(
+            f"config.distill.loss: projection {spec.projection!r} of loss "
+            f"{cfg.distill.loss!r} is not supported (expected None or 'linear')"
+        )
+    return lambda: state_lib.Student(net_fn(), head_dims, rngs=nnx.Rngs(cfg.seed + 2))
+
+
+def distill_step_fn(cfg, graphdef, rng_state, teacher: Model, tx, schedule) -> Callable:
+    """The configured distillation step (loss, protocol weights, KD temperature) for `graphdef`."""
+    return steps_lib.make_distill_step(
+        graphdef,
+        rng_state,
+        teacher.graphdef,
+        teacher.rng_state,
+        tx,
+        schedule,
+        jax.random.fold_in(jax.random.key(cfg.seed), 1),
+        loss_spec=losses.get(cfg.distill.loss),
+        loss_kwargs=dict(cfg.distill.loss_kwargs),
+        weights=config_lib.loss_weights(cfg),
+        kd_fn=losses.get("kd").fn,
+        kd_temperature=cfg.distill.kd_temperature,
+    )
 
 
 def student_phase(ctx: Context, teacher: Model) -> Model:
@@ -264,46 +313,13 @@ def student_phase(ctx: Context, teacher: Model) -> Model:
     resumes from ``<workdir>/student/checkpoints``; the teacher's variables are only read.
     """
     cfg = ctx.config
-    spec = losses.get(cfg.distill.loss)
-    image_shape = data.spec(cfg.dataset).image_shape
-    net_fn = lambda: models.create(
-        cfg.student.model, num_classes=ctx.num_classes, rngs=nnx.Rngs(cfg.seed + 1)
-    )
-    head_dims = None
-    if spec.projection == "linear":
-        teacher_fn = lambda: models.create(
-            cfg.teacher.model, num_classes=ctx.num_classes, rngs=nnx.Rngs(cfg.seed)
-        )
-        head_dims = (
-            _loss_input_dim(net_fn, image_shape, spec.inputs),
-            _loss_input_dim(teacher_fn, image_shape, spec.inputs),
-        )
-    elif spec.projection is not None:
-        raise ValueError(
-            f"config.distill.loss: projection {spec.projection!r} of loss "
-            f"{cfg.distill.loss!r} is not supported (expected None or 'linear')"
-        )
-    model_fn = lambda: state_lib.Student(net_fn(), head_dims, rngs=nnx.Rngs(cfg.seed + 2))
+    model_fn = student_fn(cfg)
 
     phase = cfg.student.train
     steps = optim.resolve_steps(phase, _num_train_examples(ctx))
     tx, schedule = optim.make_optimizer(phase, steps)
     graphdef, rng_state, state = state_lib.create(model_fn, tx, ctx.replicated)
-    base_key = jax.random.fold_in(jax.random.key(cfg.seed), 1)
-    step_fn = steps_lib.make_distill_step(
-        graphdef,
-        rng_state,
-        teacher.graphdef,
-        teacher.rng_state,
-        tx,
-        schedule,
-        base_key,
-        loss_spec=spec,
-        loss_kwargs=dict(cfg.distill.loss_kwargs),
-        weights=config_lib.loss_weights(cfg),
-        kd_fn=losses.get("kd").fn,
-        kd_temperature=cfg.distill.kd_temperature,
-    )
+    step_fn = distill_step_fn(cfg, graphdef, rng_state, teacher, tx, schedule)
     forward = ctx.jit_forward(steps_lib.make_forward(graphdef, rng_state))
     teacher_test = None
 
