@@ -1,0 +1,548 @@
+"""Differentiable sorting and ranking in pure JAX: `soft_rank`, `soft_sort`, and the hard `rank`.
+
+Reference: Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking",
+ICML 2020 (arXiv:2002.08871).
+
+Notation (per row of length n, everything along the last axis): ρ = (n, n-1, ..., 1), ε the
+regularization strength, P(w) the permutahedron (convex hull of the permutations of w).
+
+- soft rank, l2:   r(θ) = argmin_{μ ∈ P(ρ)} ½‖μ − θ/ε‖²
+- soft rank, kl:   r(θ) = exp(argmin_{μ ∈ P(log ρ)} KL-projection of θ/ε)   (Blondel et al. §3)
+- soft sort, l2:   s(θ) = argmin_{μ ∈ P(θ)} ½‖μ − ρ/ε‖²
+- soft sort, kl:   the same with the KL (entropic) regularizer.
+
+With direction="ascending" the smallest value gets rank 1 and the largest rank n (the soft ranks
+are 1-based like `rank`); "descending" ranks −θ. Soft sort "ascending" returns values in
+increasing order (computed as −s(−θ)).
+
+Each projection is solved after one sort as an isotonic regression over the sorted values: the
+output is constant-shifted on *blocks* of consecutive sorted positions, and the derivative is
+block-constant (Jacobian = block averaging), so forward and backward passes cost O(n log n) time
+(the sort) and O(n) memory per row.
+
+Isotonic solver: pool adjacent violators in parallel rounds. Every round computes, for the current
+partition into blocks, each block's optimal value γ (l2: mean of s − w; kl: logΣe^s − logΣe^w),
+and removes every block boundary whose two sides violate the order γ_left ≥ γ_right. Pooling
+adjacent violators in any order reaches the unique optimum (Best, Chakravarti & Ubhaya 2000, for
+separable convex objectives, which both regularizers are), and pooling a whole chain of violating
+boundaries at once is a valid sequence of single pools: a pooled value lies between the values of
+its parts (a weighted mean for l2, a mediant logΣa/Σb for kl), so it still violates with the next
+block of the chain. Every round with a violation removes at least one boundary of its row, so a
+row needs at most n rounds; the loop is capped there and also ends when nothing changed (NaN
+comparisons are false, so a NaN row cannot keep it going). Typical inputs need a few rounds to a
+few tens (see benchmarks/soft_rank.py); each round is O(n) work with O(log n) depth.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["soft_rank", "soft_sort", "rank"]
+
+_REGULARIZATIONS = ("l2", "kl")
+_DIRECTIONS = ("ascending", "descending")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_values(values) -> jax.Array:
+    values = jnp.asarray(values)
+    if values.ndim == 0:
+        raise ValueError(
+            "values must have at least one dimension (the last axis is ranked); got a 0-d array."
+        )
+    if not jnp.issubdtype(values.dtype, jnp.floating):
+        raise ValueError(f"values must have a floating dtype; got {values.dtype}.")
+    return values
+
+
+def _check_options(regularization_strength, regularization, direction) -> None:
+    if regularization not in _REGULARIZATIONS:
+        raise ValueError(f"regularization must be one of {_REGULARIZATIONS}; got {regularization!r}.")
+    _check_direction(direction)
+    if jnp.ndim(regularization_strength) != 0:
+        raise ValueError(
+            "regularization_strength must be a scalar; got shape "
+            f"{jnp.shape(regularization_strength)}."
+        )
+    if isinstance(regularization_strength, jax.core.Tracer):
+        return  # Its value is unknown until run time; see the soft_rank docstring.
+    try:
+        strength = float(regularization_strength)
+    except (TypeError, ValueError):
+        strength = math.nan
+    if not (strength > 0 and math.isfinite(strength)):
+        raise ValueError(
+            f"regularization_strength must be a positive finite number; got {regularization_strength!r}."
+        )
+
+
+def _check_direction(direction) -> None:
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"direction must be one of {_DIRECTIONS}; got {direction!r}.")
+
+
+def _compute_dtype(dtype) -> jnp.dtype:
+    """float32 for float32 and narrower floats (bfloat16, float16); float64 stays float64."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+# ----------------------------------------------------------------------------- block helpers
+
+
+def _block_sum(v: jax.Array, flat_ids: jax.Array) -> jax.Array:
+    """Each element gets the sum of `v` over its block.
+
+    v: (R, n) or (R, n, k); flat_ids: (R, n) int32, block ids made unique across rows and sorted
+    along each row. Linear in `v` (a segment sum and a gather), so JAX can transpose it: this is
+    what makes the derivative rules below work in reverse mode.
+    """
+    r, n = flat_ids.shape
+    sums = jax.ops.segment_sum(
+        v.reshape((r * n,) + v.shape[2:]),
+        flat_ids.reshape(-1),
+        num_segments=r * n,
+        indices_are_sorted=True,
+    )
+    return sums[flat_ids]
+
+
+class _Blocks(NamedTuple):
+    """A partition of each sorted row into blocks, and its per-element statistics."""
+
+    flat_ids: jax.Array  # (R, n) int32: block id, unique across rows
+    start: jax.Array  # (R, n) int32: first position of the block
+    count: jax.Array  # (R, n) float: block size
+    data_agg: jax.Array  # block aggregate of the sorted data d (l2 mean, kl log-sum-exp)
+    data_dev: jax.Array  # d minus data_agg, computed from within-block differences
+    rho_agg: jax.Array  # block aggregate of the ρ side (closed form)
+    rho_dev: jax.Array  # soft sort only: ρ/ε minus its block aggregate (closed form)
+    weights: jax.Array  # the block-averaging weights of d (l2 1/|B|, kl softmax over the block)
+
+
+def _sort_rho_extra(count, reg, inv_eps):
+    """Block aggregate of ρ/ε over positions [a, a+count) minus (n − a)/ε.
+
+    l2: the mean, −(count − 1)/(2ε). kl: the log-sum-exp, a geometric series,
+    log(1 − e^{−count/ε}) − log(1 − e^{−1/ε}) (expm1 keeps it exact for any ε).
+    """
+    if reg == "l2":
+        return -0.5 * (count - 1) * inv_eps
+    return jnp.log(-jnp.expm1(-count * inv_eps)) - jnp.log(-jnp.expm1(-inv_eps))
+
+
+def _rho_agg(start, count, n, kind, reg, inv_eps):
+    """Aggregate of the ρ side over positions [start, start+count), ρ_i = n − i (0-based i).
+
+    rank: ρ (l2 mean) or log ρ (kl log-sum-exp = log Σρ); sort: ρ/ε (l2 mean, kl log-sum-exp).
+    """
+    if kind == "sort":
+        return (n - start) * inv_eps + _sort_rho_extra(count, reg, inv_eps)
+    rho_mean = n - start - 0.5 * (count - 1)
+    return rho_mean if reg == "l2" else jnp.log(count) + jnp.log(rho_mean)
+
+
+def _block_stats(x, is_start, kind, reg, inv_eps) -> _Blocks:
+    """Statistics of the partition `is_start` of the descending rows `x` (R, n).
+
+    kind="rank": the data is d = x/ε and the ρ side is ρ (l2) or log ρ (kl).
+    kind="sort": the data is d = x and the ρ side is ρ/ε.
+    """
+    r, n = x.shape
+    scale = inv_eps if kind == "rank" else 1.0
+    iota = lax.broadcasted_iota(jnp.int32, (r, n), 1)
+    row_offset = n * lax.broadcasted_iota(jnp.int32, (r, n), 0)
+    flat_ids = jnp.cumsum(is_start, axis=1, dtype=jnp.int32) - 1 + row_offset
+    count_and_start = jnp.stack([jnp.ones_like(x), jnp.where(is_start, iota, 0).astype(x.dtype)], -1)
+    count_and_start = _block_sum(count_and_start, flat_ids)
+    count, start = count_and_start[..., 0], count_and_start[..., 1].astype(jnp.int32)
+    # Centre each block on its first (largest) element: precise sums, overflow-free exponentials,
+    # and a deviation d − data_agg that is exactly 0 on a single-element block whatever the scale
+    # (scaling before subtracting would let rounding of x/ε leak into the ranks).
+    x_first = jnp.take_along_axis(x, start, axis=1)
+    centred = (x - x_first) * scale
+    if reg == "l2":
+        centred_agg = _block_sum(centred, flat_ids) / count
+        weights = 1.0 / count
+    else:
+        centred_agg = jnp.log(_block_sum(jnp.exp(centred), flat_ids))
+        weights = jnp.exp(centred - centred_agg)
+    data_agg = x_first * scale + centred_agg
+    data_dev = centred - centred_agg
+    rho_agg = _rho_agg(start, count, n, kind, reg, inv_eps)
+    if kind == "sort":
+        rho_dev = (start - iota) * inv_eps - _sort_rho_extra(count, reg, inv_eps)
+    else:
+        rho_dev = jnp.zeros_like(x)
+    return _Blocks(flat_ids, start, count, data_agg, data_dev, rho_agg, rho_dev, weights)
+
+
+def _violates(left_data, left_rho, right_data, right_rho, kind):
+    """Whether two adjacent groups violate the order γ_left ≥ γ_right of the isotonic solution.
+
+    γ = data − rho for ranks and rho − data for sorts. Written on the differences of each side
+    separately, so that ties are still pooled when the two sides differ hugely in magnitude
+    (tiny ε).
+    """
+    data_step = left_data - right_data
+    rho_step = left_rho - right_rho
+    return data_step < rho_step if kind == "rank" else rho_step < data_step
+
+
+def _violations(is_start, blocks: _Blocks, kind) -> jax.Array:
+    """(R, n) bool: block starts whose block violates the order with its left neighbour."""
+    violated = _violates(
+        blocks.data_agg[:, :-1], blocks.rho_agg[:, :-1], blocks.data_agg[:, 1:], blocks.rho_agg[:, 1:], kind
+    )
+    return jnp.pad(is_start[:, 1:] & violated, ((0, 0), (1, 0)))
+
+
+def _segmented_scan(ops, values, reset, reverse):
+    """Inclusive scans of `values` along axis 1, restarting where `reset` is set.
+
+    ops[k] is the associative operation of values[k]; with reverse=True the scan runs from the
+    right and `reset` marks the first element (in scan order) of each segment.
+    """
+
+    def combine(earlier, later):
+        (earlier_values, earlier_reset), (later_values, later_reset) = earlier, later
+        merged = tuple(
+            jnp.where(later_reset, b, op(a, b)) for op, a, b in zip(ops, earlier_values, later_values)
+        )
+        return merged, earlier_reset | later_reset
+
+    return lax.associative_scan(combine, (tuple(values), reset), reverse=reverse, axis=1)[0]
+
+
+def _extension_merges(x, is_start, blocks: _Blocks, violated, kind, reg, inv_eps, leftward):
+    """(R, n) bool: the block starts to remove in one pooling round.
+
+    Every *active* block X (leftward: its left boundary is violated) absorbs, one after the
+    other, the blocks L1, L2, ... on its left while γ(L_j) < γ(X ∪ L1 ∪ ... ∪ L_{j−1}) (for
+    L1 this is the violation itself), going no further than the next active block (which it may
+    absorb last). Each absorption is a pool of adjacent violators, and doing the regions from
+    left to right is a valid order: an active block's own absorptions only lower its γ, so it
+    still violates with the union that then absorbs it. The test is monotone along the run
+    (γ(L_j) grows with j while the union's γ only falls), so the absorbed blocks are exactly the
+    prefix of the run up to the first failure, which a segment max finds. rightward mirrors it.
+    Absorbing whole runs at once is what keeps the number of rounds small: a big block that
+    takes in its neighbours one at a time would otherwise need one round per neighbour.
+    """
+    r, n = x.shape
+    d = x * inv_eps if kind == "rank" else x
+    iota = lax.broadcasted_iota(jnp.int32, (r, n), 1)
+    end = blocks.start + blocks.count.astype(jnp.int32) - 1
+    if leftward:
+        active = jnp.take_along_axis(violated, blocks.start, axis=1)
+        reset = active & (iota == end)
+    else:
+        after_end = jnp.minimum(end + 1, n - 1)
+        active = jnp.take_along_axis(violated, after_end, axis=1) & (end + 1 < n)
+        reset = active & (iota == blocks.start)
+    if reg == "l2":
+        union_sum, union_count = _segmented_scan(
+            (jnp.add, jnp.add), (d, jnp.ones_like(d)), reset, reverse=leftward
+        )
+        union_data = union_sum / union_count
+    else:
+        union_data, union_count = _segmented_scan(
+            (jnp.logaddexp, jnp.add), (d, jnp.ones_like(d)), reset, reverse=leftward
+        )
+    union_start = iota if leftward else iota - union_count.astype(jnp.int32) + 1
+    union_rho = _rho_agg(union_start, union_count, n, kind, reg, inv_eps)
+    # Candidate boundary p (a block start, p >= 1) joins the block holding p−1 to the one at p.
+    if leftward:  # The block left of p against the union starting at p.
+        absorbs = _violates(
+            blocks.data_agg[:, :-1], blocks.rho_agg[:, :-1], union_data[:, 1:], union_rho[:, 1:], kind
+        )
+        segment_start = jnp.pad(reset[:, :-1], ((0, 0), (1, 0)), constant_values=True)
+        segment_of_boundary = slice(1, None)
+    else:  # The union ending at p−1 against the block at p.
+        absorbs = _violates(
+            union_data[:, :-1], union_rho[:, :-1], blocks.data_agg[:, 1:], blocks.rho_agg[:, 1:], kind
+        )
+        segment_start = reset.at[:, 0].set(True)
+        segment_of_boundary = slice(None, -1)
+    candidate = is_start[:, 1:]
+    boundary = iota[:, 1:]
+    row_offset = n * lax.broadcasted_iota(jnp.int32, (r, n), 0)
+    segment_ids = (jnp.cumsum(segment_start, axis=1, dtype=jnp.int32) - 1 + row_offset)[
+        :, segment_of_boundary
+    ]
+    failed = candidate & ~absorbs
+    # The first failing boundary seen from the active block ends its run.
+    if leftward:
+        first_failure = jax.ops.segment_max(
+            jnp.where(failed, boundary, -1).reshape(-1), segment_ids.reshape(-1), num_segments=r * n,
+            indices_are_sorted=True,
+        )[segment_ids]
+        merge = candidate & (boundary > first_failure)
+    else:
+        first_failure = jax.ops.segment_min(
+            jnp.where(failed, boundary, n).reshape(-1), segment_ids.reshape(-1), num_segments=r * n,
+            indices_are_sorted=True,
+        )[segment_ids]
+        merge = candidate & (boundary < first_failure)
+    return jnp.pad(merge, ((0, 0), (1, 0)))
+
+
+def _isotonic(x, kind, reg, inv_eps) -> tuple[_Blocks, jax.Array]:
+    """Parallel pool-adjacent-violators on descending rows x (R, n); returns (blocks, rounds).
+
+    Rounds alternate leftward and rightward absorption (`_extension_merges`). `rounds` counts
+    the sequential O(n) passes: the first one plus one per pooling round.
+    """
+    r, n = x.shape
+    is_start = jnp.ones((r, n), dtype=bool)
+    blocks = _block_stats(x, is_start, kind, reg, inv_eps)
+    violated = _violations(is_start, blocks, kind)
+
+    def pool(is_start, blocks, violated, leftward):
+        is_start = is_start & ~_extension_merges(
+            x, is_start, blocks, violated, kind, reg, inv_eps, leftward
+        )
+        blocks = _block_stats(x, is_start, kind, reg, inv_eps)
+        return is_start, blocks, _violations(is_start, blocks, kind)
+
+    def cond(state):
+        _, _, violated, rounds = state
+        # Each round with a violation removes a boundary of that row: n rounds always suffice.
+        return jnp.any(violated) & (rounds <= n)
+
+    def body(state):
+        is_start, blocks, violated, rounds = state
+        is_start, blocks, violated = pool(is_start, blocks, violated, leftward=True)
+        is_start, blocks, violated = pool(is_start, blocks, violated, leftward=False)
+        return is_start, blocks, violated, rounds + 2
+
+    _, blocks, _, rounds = lax.while_loop(cond, body, (is_start, blocks, violated, jnp.int32(1)))
+    return blocks, rounds
+
+
+# ----------------------------------------------------------------------------- soft operators
+
+
+class _Solution(NamedTuple):
+    out: jax.Array  # (R, n), in input order for ranks, sorted order for sorts
+    out_sorted: jax.Array  # (R, n) in descending-sort order
+    perm: jax.Array  # (R, n) int32: sorted position -> input position
+    inv_perm: jax.Array | None  # (R, n) int32: input position -> sorted position (ranks only)
+    blocks: _Blocks
+    rounds: jax.Array  # int32 scalar
+
+
+def _solve(x, inv_eps, kind, reg) -> _Solution:
+    """Soft rank / soft sort of the rows of x (R, n), descending convention of the paper."""
+    r, n = x.shape
+    iota = lax.broadcasted_iota(jnp.int32, (r, n), 1)
+    neg_sorted, perm = lax.sort((-x, iota), dimension=1, num_keys=1)
+    blocks, rounds = _isotonic(-neg_sorted, kind, reg, inv_eps)
+    if kind == "rank":
+        log_or_value = blocks.data_dev + blocks.rho_agg
+        out_sorted = log_or_value if reg == "l2" else jnp.exp(log_or_value)
+        rows = lax.broadcasted_iota(jnp.int32, (r, n), 0)
+        inv_perm = jnp.zeros((r, n), jnp.int32).at[rows, perm].set(iota, unique_indices=True)
+        out = jnp.take_along_axis(out_sorted, inv_perm, axis=1)
+    else:
+        out_sorted = blocks.rho_dev + blocks.data_agg
+        inv_perm = None  # Sorts keep their output in sorted order.
+        out = out_sorted
+    return _Solution(out, out_sorted, perm, inv_perm, blocks, rounds)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _soft_op(x, inv_eps, kind, reg):
+    return _solve(x, inv_eps, kind, reg).out
+
+
+@_soft_op.defjvp
+def _soft_op_jvp(kind, reg, primals, tangents):
+    """Block-constant derivative, linear in the tangent of x (the tangent of ε is not used).
+
+    rank: dr_sorted = c ⊙ (ds − Σ_B p ds), ds = sorted dθ / ε, c = 1 (l2) or r_sorted (kl);
+    sort: ds_out = Σ_B p dθ_sorted; p = the block weights (1/|B| or the block softmax).
+    """
+    x, inv_eps = primals
+    dx, _ = tangents
+    sol = _solve(x, inv_eps, kind, reg)
+    blocks = sol.blocks
+    dx_sorted = jnp.take_along_axis(dx, sol.perm, axis=1)
+    if kind == "sort":
+        return sol.out, _block_sum(blocks.weights * dx_sorted, blocks.flat_ids)
+    ds = dx_sorted * inv_eps
+    dout_sorted = ds - _block_sum(blocks.weights * ds, blocks.flat_ids)
+    if reg == "kl":
+        dout_sorted = sol.out_sorted * dout_sorted
+    return sol.out, jnp.take_along_axis(dout_sorted, sol.inv_perm, axis=1)
+
+
+def _prepare(values, regularization_strength, regularization, direction):
+    """Validates, flattens to rows (R, n) in the compute dtype and applies the direction's sign."""
+    values = _check_values(values)
+    _check_options(regularization_strength, regularization, direction)
+    dtype = _compute_dtype(values.dtype)
+    x = values.astype(dtype).reshape(-1, values.shape[-1])
+    if direction == "descending":
+        x = -x
+    inv_eps = 1.0 / lax.stop_gradient(jnp.asarray(regularization_strength, dtype))
+    return values, x, inv_eps
+
+
+def _finish(out, values, x):
+    """Rows holding NaN or ±inf become NaN; back to the input's shape and dtype."""
+    finite_row = jnp.all(jnp.isfinite(x), axis=1, keepdims=True)
+    out = jnp.where(finite_row, out, jnp.nan)
+    return out.reshape(values.shape).astype(values.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "reg"))
+def _soft_op_rows(x, inv_eps, kind, reg):
+    return _soft_op(x, inv_eps, kind, reg)
+
+
+def soft_rank(
+    values,
+    *,
+    regularization_strength=1.0,
+    regularization: str = "l2",
+    direction: str = "ascending",
+) -> jax.Array:
+    """Soft (differentiable) ranks of `values` along the last axis, 1-based.
+
+    r(θ) is the projection of θ/ε onto the permutahedron of ρ = (n, ..., 1) (l2) or its KL
+    analogue (Blondel et al. 2020, eqs. 6-7); ranks lie in [1, n] and sum to n(n+1)/2 per row.
+    As ε → 0 they tend to `rank(values)` (ties averaged, exact once ε is below the smallest
+    nonzero gap between values: for l2, once gaps/ε ≥ 1); as ε → ∞ every rank tends to (n+1)/2.
+    ε is in the units of `values`: a rank moves by about one place for a change of ε in a value.
+
+    Args:
+      values: (..., n) floating array; any leading dims, the last axis is ranked. bfloat16 and
+        float16 are computed in float32.
+      regularization_strength: ε > 0. A Python number is checked eagerly. A traced scalar is used
+        as given: not validated (a non-positive value gives meaningless output, not an error) and
+        treated as a constant by differentiation (its gradient is zero).
+      regularization: "l2" or "kl".
+      direction: "ascending" (the smallest value gets rank ≈ 1) or "descending".
+
+    Returns:
+      (..., n) array of soft ranks in the dtype of `values`. A row holding NaN or ±inf gives a row
+      of NaN; other rows are unaffected.
+
+    Cost: one sort, then O(n) work per solver round (see module docstring); the JVP and the VJP
+    are O(n) (block averaging). Works under jit, vmap, grad and jvp.
+    """
+    values, x, inv_eps = _prepare(values, regularization_strength, regularization, direction)
+    if x.shape[1] == 0:
+        return values
+    return _finish(_soft_op_rows(x, inv_eps, "rank", regularization), values, x)
+
+
+def soft_sort(
+    values,
+    *,
+    regularization_strength=1.0,
+    regularization: str = "l2",
+    direction: str = "ascending",
+) -> jax.Array:
+    """Soft (differentiable) sort of `values` along the last axis.
+
+    s(θ) is the projection of ρ/ε onto the permutahedron of θ (l2) or its KL analogue (Blondel
+    et al. 2020, eq. 5 and §3), with ρ = (n, ..., 1). As ε → 0 it tends to the sorted values; as
+    ε → ∞ every entry tends to the mean of the row (l2) or to its log-mean-exp (kl; for
+    "ascending", −log-mean-exp(−θ)). Each row of the output is ordered. ε is in the units of
+    `values` (for l2, values whose gap exceeds ε stay apart).
+
+    Args and returns: as `soft_rank`, with "ascending" giving increasing rows.
+    """
+    values, x, inv_eps = _prepare(values, regularization_strength, regularization, direction)
+    if x.shape[1] == 0:
+        return values
+    # _prepare negated "descending" rows; the solver sorts in decreasing order, so "ascending"
+    # is computed as −s(−θ).
+    out = _soft_op_rows(-x, inv_eps, "sort", regularization)
+    if direction == "ascending":
+        out = -out
+    return _finish(out, values, x)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "reg"))
+def _rounds_rows(x, inv_eps, kind, reg):
+    return _solve(x, inv_eps, kind, reg).rounds
+
+
+def _solver_rounds(
+    values,
+    *,
+    regularization_strength=1.0,
+    regularization: str = "l2",
+    direction: str = "ascending",
+    kind: str = "rank",
+) -> jax.Array:
+    """Number of sequential solver passes `soft_rank` (kind="rank") or `soft_sort` ("sort") makes.
+
+    One pass for the initial partition plus one per pooling round; over several rows, the
+    largest count of any row (rows are solved together). For benchmarks and diagnostics.
+    """
+    values, x, inv_eps = _prepare(values, regularization_strength, regularization, direction)
+    if kind == "sort":
+        x = -x  # As in soft_sort.
+    return _rounds_rows(x, inv_eps, kind, regularization)
+
+
+# ----------------------------------------------------------------------------- hard rank
+
+
+def rank(values, *, direction: str = "ascending") -> jax.Array:
+    """Hard ranks along the last axis, 1-based, ties averaged (like scipy.stats.rankdata).
+
+    Args:
+      values: (..., n) array, at least 1-d. Integer and boolean values are accepted.
+      direction: "ascending" (the smallest value gets rank 1) or "descending" (the largest does).
+
+    Returns:
+      (..., n) ranks in the dtype of `values` if it is floating, else float32. A row holding NaN
+      gives a row of NaN. Not differentiable (piecewise constant): use `soft_rank` for gradients.
+      Note that bfloat16 cannot represent ranks above 256 exactly.
+    """
+    values = jnp.asarray(values)
+    if values.ndim == 0:
+        raise ValueError(
+            "values must have at least one dimension (the last axis is ranked); got a 0-d array."
+        )
+    _check_direction(direction)
+    out_dtype = values.dtype if jnp.issubdtype(values.dtype, jnp.floating) else jnp.float32
+    n = values.shape[-1]
+    if n == 0:
+        return values.astype(out_dtype)
+    ranks = _hard_rank_rows(lax.stop_gradient(values).reshape(-1, n))
+    if direction == "descending":
+        ranks = (n + 1) - ranks
+    return ranks.reshape(values.shape).astype(out_dtype)
+
+
+@jax.jit
+def _hard_rank_rows(x):
+    r, n = x.shape
+    iota = lax.broadcasted_iota(jnp.int32, (r, n), 1)
+    x_sorted, perm = lax.sort((x, iota), dimension=1, num_keys=1)
+    is_start = jnp.pad(x_sorted[:, 1:] != x_sorted[:, :-1], ((0, 0), (1, 0)), constant_values=True)
+    row_offset = n * lax.broadcasted_iota(jnp.int32, (r, n), 0)
+    flat_ids = jnp.cumsum(is_start, axis=1, dtype=jnp.int32) - 1 + row_offset
+    count_and_start = jnp.stack(
+        [jnp.ones((r, n), jnp.float32), jnp.where(is_start, iota, 0).astype(jnp.float32)], -1
+    )
+    count_and_start = _block_sum(count_and_start, flat_ids)
+    # Positions start .. start+count-1 (0-based) share the mean 1-based rank start + (count+1)/2.
+    ranks_sorted = count_and_start[..., 1] + 0.5 * (count_and_start[..., 0] + 1)
+    rows = lax.broadcasted_iota(jnp.int32, (r, n), 0)
+    ranks = jnp.zeros((r, n), jnp.float32).at[rows, perm].set(ranks_sorted, unique_indices=True)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        ranks = jnp.where(jnp.any(jnp.isnan(x), axis=1, keepdims=True), jnp.nan, ranks)
+    return ranks

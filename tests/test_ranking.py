@@ -1,0 +1,366 @@
+"""Tests of pcjax.ranking against an independent float64 NumPy/scikit-learn reference.
+
+Reference: the soft rank / soft sort are projections onto a permutahedron, reduced after one sort
+to an isotonic problem (Blondel et al. 2020, arXiv:2002.08871): for l2 it is solved here by
+scikit-learn's isotonic_regression, for kl by a sequential stack-based pool-adjacent-violators
+written below (a different algorithm from the library's parallel rounds).
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import rankdata
+from sklearn.isotonic import isotonic_regression
+
+from pcjax import ranking
+from pcjax.ranking import rank, soft_rank, soft_sort
+
+REGULARIZATIONS = ("l2", "kl")
+DIRECTIONS = ("ascending", "descending")
+OPS = {"rank": soft_rank, "sort": soft_sort}
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def _isotonic_kl_decreasing(s, w):
+    """argmin_{v_1 >= ... >= v_n} sum exp(s - v) + exp(w) . v, by sequential PAV (stack)."""
+    blocks = []  # [logsumexp(s_B), logsumexp(w_B), size]
+    for s_i, w_i in zip(s, w):
+        blocks.append([s_i, w_i, 1])
+        while len(blocks) > 1 and blocks[-2][0] - blocks[-2][1] < blocks[-1][0] - blocks[-1][1]:
+            last = blocks.pop()
+            blocks[-1] = [
+                np.logaddexp(blocks[-1][0], last[0]),
+                np.logaddexp(blocks[-1][1], last[1]),
+                blocks[-1][2] + last[2],
+            ]
+    return np.concatenate([np.full(size, ls - lw) for ls, lw, size in blocks])
+
+
+def _isotonic_decreasing(s, w, regularization):
+    if regularization == "l2":
+        return isotonic_regression(s - w, increasing=False)
+    return _isotonic_kl_decreasing(s, w)
+
+
+def ref_soft_rank(x, eps, regularization, direction):
+    x = np.asarray(x, np.float64)
+    n = x.shape[-1]
+    rho = np.arange(n, 0, -1.0)
+    z = (x if direction == "ascending" else -x) / eps
+    order = np.argsort(-z, kind="stable")
+    s = z[order]
+    w = rho if regularization == "l2" else np.log(rho)
+    primal = s - _isotonic_decreasing(s, w, regularization)
+    out = np.empty(n)
+    out[order] = primal if regularization == "l2" else np.exp(primal)
+    return out
+
+
+def ref_soft_sort(x, eps, regularization, direction):
+    x = np.asarray(x, np.float64)
+    n = x.shape[-1]
+    sign = -1.0 if direction == "ascending" else 1.0
+    w = np.sort(sign * x)[::-1]
+    s = np.arange(n, 0, -1.0) / eps
+    return sign * (s - _isotonic_decreasing(s, w, regularization))
+
+
+REFERENCES = {"rank": ref_soft_rank, "sort": ref_soft_sort}
+
+
+def ref_rows(kind, x, eps, regularization, direction):
+    x = np.asarray(x, np.float64)
+    flat = x.reshape(-1, x.shape[-1])
+    out = [REFERENCES[kind](row, eps, regularization, direction) for row in flat]
+    return np.stack(out).reshape(x.shape)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@pytest.fixture(scope="module")
+def rows():
+    """(5, 8) float32 rows on a scale where all strengths below are informative, with ties."""
+    x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32) * 3
+    x[1, 3] = x[1, 5]  # a tie
+    x[2, :] = x[2, 0]  # a constant row
+    x[3, :4] = x[3, 4:]  # four ties
+    return x
+
+
+@pytest.fixture(scope="module")
+def smooth_point():
+    """(3, 8) values with distinct, well separated entries: the reference is smooth there."""
+    rng = np.random.default_rng(1)
+    return np.stack([rng.permutation(8) * 0.9 + rng.uniform(0, 0.3, 8) for _ in range(3)]).astype(
+        np.float32
+    )
+
+
+# ----------------------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize("kind", OPS)
+@pytest.mark.parametrize("regularization", REGULARIZATIONS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_values_match_reference(rows, kind, regularization, direction):
+    for eps in (0.03, 0.5, 2.0, 30.0):
+        got = OPS[kind](rows, regularization_strength=eps, regularization=regularization, direction=direction)
+        want = ref_rows(kind, rows, eps, regularization, direction)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=f"eps={eps}")
+
+
+@pytest.mark.parametrize("kind", OPS)
+@pytest.mark.parametrize("regularization", REGULARIZATIONS)
+def test_leading_dims_and_tiny_rows_match_reference(kind, regularization):
+    rng = np.random.default_rng(2)
+    for shape in ((2, 3, 4), (3, 1), (4, 2)):
+        x = rng.normal(size=shape).astype(np.float32)
+        for direction in DIRECTIONS:
+            got = OPS[kind](x, regularization_strength=0.7, regularization=regularization, direction=direction)
+            assert got.shape == shape
+            want = ref_rows(kind, x, 0.7, regularization, direction)
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=str(shape))
+
+
+def test_single_element_rank_is_one():
+    for regularization in REGULARIZATIONS:
+        got = soft_rank(jnp.array([[3.0], [-1.0]]), regularization=regularization)
+        np.testing.assert_array_equal(got, [[1.0], [1.0]])
+
+
+@pytest.mark.parametrize("regularization", REGULARIZATIONS)
+def test_soft_ranks_sum_to_triangular_number_and_sorts_are_ordered(rows, regularization):
+    n = rows.shape[-1]
+    ranks = soft_rank(rows, regularization_strength=1.5, regularization=regularization)
+    np.testing.assert_allclose(np.sum(ranks, -1), n * (n + 1) / 2, rtol=1e-6)
+    assert np.all((ranks >= 1 - 1e-5) & (ranks <= n + 1e-5))
+    for direction, sign in (("ascending", 1), ("descending", -1)):
+        sorted_ = np.asarray(soft_sort(rows, regularization_strength=1.5, regularization=regularization, direction=direction))
+        assert np.all(sign * np.diff(sorted_, axis=-1) >= -1e-5)
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+@pytest.mark.parametrize("regularization", REGULARIZATIONS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_small_strength_gives_hard_ranks_with_ties_averaged(rows, regularization, direction):
+    got = soft_rank(rows, regularization_strength=1e-4, regularization=regularization, direction=direction)
+    sign = 1 if direction == "ascending" else -1
+    want = rankdata(sign * rows, method="average", axis=-1)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("regularization", REGULARIZATIONS)
+def test_small_strength_soft_sort_gives_sorted_values(rows, regularization):
+    got = soft_sort(rows, regularization_strength=1e-4, regularization=regularization)
+    np.testing.assert_allclose(got, np.sort(rows, -1), atol=1e-4)
+    got = soft_sort(rows, regularization_strength=1e-4, regularization=regularization, direction="descending")
+    np.testing.assert_allclose(got, -np.sort(-rows, -1), atol=1e-4)
+
+
+@pytest.mark.parametrize("regularization", REGULARIZATIONS)
+def test_large_strength_gives_mean_rank(rows, regularization):
+    n = rows.shape[-1]
+    got = soft_rank(rows, regularization_strength=1e5, regularization=regularization)
+    np.testing.assert_allclose(got, np.full(rows.shape, (n + 1) / 2), atol=1e-3)
+
+
+def test_large_strength_soft_sort_gives_mean_or_log_mean_exp(rows):
+    got = soft_sort(rows, regularization_strength=1e5)
+    np.testing.assert_allclose(got, np.broadcast_to(rows.mean(-1, keepdims=True), rows.shape), atol=1e-3)
+    got = soft_sort(rows, regularization_strength=1e5, regularization="kl", direction="descending")
+    log_mean_exp = np.log(np.mean(np.exp(rows.astype(np.float64)), -1, keepdims=True))
+    np.testing.assert_allclose(got, np.broadcast_to(log_mean_exp, rows.shape), atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- derivatives
+
+
+def _reference_jvp(kind, x, tangent, eps, regularization, direction, h=1e-6):
+    x = np.asarray(x, np.float64)
+    plus = ref_rows(kind, x + h * tangent, eps, regularization, direction)
+    minus = ref_rows(kind, x - h * tangent, eps, regularization, direction)
+    return (plus - minus) / (2 * h)
+
+
+@pytest.mark.parametrize("kind", OPS)
+@pytest.mark.parametrize("regularization", REGULARIZATIONS)
+def test_jvp_matches_reference_finite_differences(smooth_point, kind, regularization):
+    tangent = np.random.default_rng(3).normal(size=smooth_point.shape).astype(np.float32)
+    for eps, direction in ((0.4, "ascending"), (3.0, "descending")):
+        op = lambda v: OPS[kind](v, regularization_strength=eps, regularization=regularization, direction=direction)
+        _, got = jax.jvp(op, (smooth_point,), (tangent,))
+        want = _reference_jvp(kind, smooth_point, tangent, eps, regularization, direction)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"eps={eps}")
+
+
+@pytest.mark.parametrize("kind", OPS)
+@pytest.mark.parametrize("regularization", REGULARIZATIONS)
+def test_grad_matches_reference_finite_differences(smooth_point, kind, regularization):
+    weights = np.random.default_rng(4).normal(size=smooth_point.shape)
+    eps = 0.6
+    loss = lambda v: jnp.sum(OPS[kind](v, regularization_strength=eps, regularization=regularization) * weights)
+    got = jax.grad(loss)(smooth_point)
+    want = np.zeros(smooth_point.shape)
+    for index in np.ndindex(smooth_point.shape):
+        basis = np.zeros(smooth_point.shape)
+        basis[index] = 1.0
+        jvp = _reference_jvp(kind, smooth_point, basis, eps, regularization, "ascending")
+        want[index] = np.sum(jvp * weights)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_kl_small_strength_gradient_is_finite():
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(4, 8)) * 50, jnp.float32)
+    for kind, op in OPS.items():
+        grad = jax.grad(lambda v: jnp.sum(op(v, regularization_strength=1e-3, regularization="kl") ** 2))(x)
+        assert np.all(np.isfinite(grad)), kind
+
+
+def test_jacobian_is_block_averaging_on_ties():
+    # l2: within a pooled block r = s − mean_B(s) + mean_B(ρ), s = x/ε, so the block's Jacobian
+    # is (I − 11ᵀ/|B|)/ε; a tied pair is one block, the separated entries are single blocks.
+    x = jnp.array([0.0, 2.0, 2.0, 5.0])
+    eps = 0.1
+    jac = jax.jacobian(lambda v: soft_rank(v, regularization_strength=eps))(x)
+    want = np.zeros((4, 4))
+    want[1:3, 1:3] = (np.eye(2) - 0.5) / eps
+    np.testing.assert_allclose(jac, want, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- transformations
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_jit_matches_no_jit(rows, kind):
+    op = lambda v: OPS[kind](v, regularization_strength=0.5, regularization="kl")
+    with jax.disable_jit():
+        eager = op(rows)
+    np.testing.assert_allclose(jax.jit(op)(rows), eager, rtol=1e-6, atol=1e-6)
+
+
+def test_vmap_matches_loop(rows):
+    op = lambda v: soft_rank(v, regularization_strength=0.5)
+    batched = jax.vmap(op)(rows)
+    looped = np.stack([op(row) for row in rows])
+    np.testing.assert_allclose(batched, looped, rtol=1e-6, atol=1e-6)
+    grads = jax.vmap(jax.grad(lambda v: jnp.sum(op(v) ** 2)))(rows)
+    looped = np.stack([jax.grad(lambda v: jnp.sum(op(v) ** 2))(row) for row in rows])
+    np.testing.assert_allclose(grads, looped, rtol=1e-5, atol=1e-5)
+
+
+def test_same_shapes_do_not_retrace(rows):
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def loss(values, strength):
+        return jnp.sum(soft_rank(values, regularization_strength=strength) ** 2)
+
+    grad = jax.jit(jax.grad(loss))
+    for seed, strength in ((0, 0.5), (1, 2.0)):
+        values = jnp.asarray(np.random.default_rng(seed).normal(size=rows.shape), jnp.float32)
+        loss(values, jnp.float32(strength))
+    chex.clear_trace_counter()
+    grad(values, jnp.float32(0.5))
+    grad(values + 1, jnp.float32(0.7))
+
+
+def test_traced_strength_matches_python_float(rows):
+    traced = jax.jit(lambda v, e: soft_rank(v, regularization_strength=e, regularization="kl"))
+    np.testing.assert_allclose(
+        traced(rows, 0.5), soft_rank(rows, regularization_strength=0.5, regularization="kl"), rtol=1e-6
+    )
+
+
+# ----------------------------------------------------------------------------- dtypes, NaN
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_bfloat16_input_is_computed_in_float32_and_returned_in_bfloat16(rows, kind):
+    x = jnp.asarray(rows, jnp.bfloat16)
+    got = OPS[kind](x, regularization_strength=0.5)
+    assert got.dtype == jnp.bfloat16
+    want = ref_rows(kind, np.asarray(x, np.float32), 0.5, "l2", "ascending")
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("kind", OPS)
+def test_nan_row_gives_nan_row_only(rows, kind):
+    x = rows.copy()
+    x[1, 2] = np.nan
+    got = np.asarray(OPS[kind](x, regularization_strength=0.5))
+    assert np.all(np.isnan(got[1]))
+    keep = np.arange(len(x)) != 1
+    np.testing.assert_allclose(got[keep], OPS[kind](rows[keep], regularization_strength=0.5), rtol=1e-6)
+    grad = jax.grad(lambda v: jnp.sum(jnp.where(jnp.isnan(v), 0.0, OPS[kind](v) * 1.0)[keep]))(x)
+    assert np.all(np.isfinite(np.asarray(grad)[keep]))
+
+
+# ----------------------------------------------------------------------------- hard rank
+
+
+def test_rank_matches_rankdata_with_ties_and_directions():
+    x = np.random.default_rng(6).integers(0, 5, size=(4, 9)).astype(np.float32)
+    np.testing.assert_array_equal(rank(x), rankdata(x, method="average", axis=-1))
+    np.testing.assert_array_equal(rank(x, direction="descending"), rankdata(-x, method="average", axis=-1))
+    np.testing.assert_array_equal(rank(x.astype(np.int32)), rankdata(x, method="average", axis=-1))
+    assert rank(jnp.asarray(x, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_rank_nan_row_gives_nan_row_only():
+    x = np.array([[1.0, np.nan, 0.0], [3.0, 1.0, 2.0]], np.float32)
+    got = np.asarray(rank(x))
+    assert np.all(np.isnan(got[0]))
+    np.testing.assert_array_equal(got[1], [3.0, 1.0, 2.0])
+
+
+# ----------------------------------------------------------------------------- solver rounds
+
+
+def test_solver_needs_few_rounds_where_plain_rounds_would_need_many():
+    # Rank-unit rows at eps = 1: one big central block grows over the tails. Pooling one
+    # neighbour per round would take tens of rounds at n = 255; whole-run absorption does not.
+    n = 255
+    x = np.random.default_rng(7).normal(size=(4, n)) * np.sqrt((n * n - 1) / 12)
+    rounds = int(ranking._solver_rounds(jnp.asarray(x, jnp.float32)))
+    assert 1 <= rounds <= 15, rounds
+    np.testing.assert_allclose(
+        soft_rank(jnp.asarray(x, jnp.float32))[0], ref_soft_rank(x[0], 1.0, "l2", "ascending"), atol=2e-3
+    )
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"regularization_strength": 0.0}, "regularization_strength"),
+        ({"regularization_strength": -1.0}, "regularization_strength"),
+        ({"regularization_strength": float("nan")}, "regularization_strength"),
+        ({"regularization_strength": np.ones(2)}, "regularization_strength"),
+        ({"regularization": "l1"}, "regularization"),
+        ({"direction": "up"}, "direction"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, match):
+    for op in OPS.values():
+        with pytest.raises(ValueError, match=match):
+            op(jnp.ones((2, 3)), **kwargs)
+
+
+def test_bad_values_raise_value_error():
+    for op in OPS.values():
+        with pytest.raises(ValueError, match="floating dtype"):
+            op(jnp.arange(3))
+        with pytest.raises(ValueError, match="0-d"):
+            op(jnp.float32(1.0))
+    with pytest.raises(ValueError, match="0-d"):
+        rank(jnp.float32(1.0))
+    with pytest.raises(ValueError, match="direction"):
+        rank(jnp.ones(3), direction="sideways")
