@@ -12,7 +12,7 @@ JAX_COORDINATOR_ADDRESS environment variable) to call jax.distributed.initialize
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits.py")
@@ -25,6 +25,8 @@ _WORKDIR = flags.DEFINE_string(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the progress bars.
     config = _CONFIG.value
     from pcjax.training import sharding  # Devices must not be touched before distributed init.
 

@@ -24,7 +24,7 @@ def get_config():
     cosine = dict(name="cosine", warmup_steps=20, decay_epochs=())
     config.teacher.train = phase_config(
         batch_size=128,
-        num_epochs=30.0,
+        num_epochs=15.0,
         augment=False,
         log_every=50,
         checkpoint_every=200,
@@ -34,7 +34,7 @@ def get_config():
     )
     config.student.train = phase_config(
         batch_size=128,
-        num_epochs=40.0,
+        num_epochs=30.0,
         augment=False,
         log_every=50,
         checkpoint_every=200,
