@@ -60,16 +60,9 @@ def _sp_numpy(s, t):
     return np.sum((gram(t) - gram(s)) ** 2) / s.shape[0] ** 2
 
 
-def _cc_numpy(s, t, gamma=0.4, order=2):
-    def corr(x):
-        x = x / np.linalg.norm(x, axis=1, keepdims=True)
-        sim = x @ x.T
-        return sum(
-            math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * sim**p
-            for p in range(order + 1)
-        )
-
-    return np.mean((corr(s) - corr(t)) ** 2)
+def _cc_numpy(s, t):
+    delta = np.abs(s - t)
+    return np.mean([np.dot(delta[i], delta[i + 1]) for i in range(len(delta) - 1)])
 
 
 def test_kd_matches_temperature_scaled_kl(features):
@@ -131,22 +124,35 @@ def test_sp_matches_reference_definition(features):
     np.testing.assert_allclose(baselines.sp(s, t), _sp_numpy(s, t), rtol=1e-5)
 
 
-def test_cc_matches_taylor_expanded_rbf_definition(features):
+def test_cc_matches_repdistiller_consecutive_row_definition(features):
     s, t = features
-    np.testing.assert_allclose(baselines.cc(s, t), _cc_numpy(s, t), rtol=1e-5)
+    np.testing.assert_allclose(baselines.cc(s, t[:, :4]), _cc_numpy(s, t[:, :4]), rtol=1e-5)
 
 
-def test_cc_order_two_two_points_hand_computed():
-    # Orthogonal unit student pair (similarity 0), identical teacher pair (similarity 1):
-    # off-diagonal correlations differ by e^{-0.8} (0.8 + 0.32), diagonals agree.
-    loss = baselines.cc(jnp.array([[1.0, 0.0], [0.0, 1.0]]), jnp.array([[1.0, 0.0], [1.0, 0.0]]))
-    off_diagonal = math.exp(-0.8) * (0.8 + 0.8**2 / 2)
-    np.testing.assert_allclose(loss, 2 * off_diagonal**2 / 4, rtol=1e-6)
+def test_cc_three_rows_hand_computed():
+    # |s - t| rows (1, 2), (2, 2), (2, 2): consecutive inner products 6 and 8, mean 7.
+    student = jnp.array([[1.0, 2.0], [3.0, -1.0], [0.0, 0.0]])
+    teacher = jnp.array([[0.0, 0.0], [1.0, 1.0], [2.0, -2.0]])
+    np.testing.assert_allclose(baselines.cc(student, teacher), 7.0, rtol=1e-6)
+
+
+def test_cc_gradient_is_zero_where_student_equals_teacher():
+    # Like torch.abs, |x| has derivative 0 at x = 0, so row 0 (equal to the teacher) gets none.
+    student = jnp.array([[1.0, 2.0], [3.0, -1.0]])
+    teacher = jnp.array([[1.0, 2.0], [1.0, 1.0]])
+    grad = jax.grad(baselines.cc)(student, teacher)
+    np.testing.assert_array_equal(grad[0], 0.0)
+
+
+def test_cc_rejects_different_widths():
+    with pytest.raises(ValueError, match="student_embedding and teacher_embedding"):
+        baselines.cc(jnp.ones((4, 3)), jnp.ones((4, 5)))
 
 
 @pytest.mark.parametrize("name", ["rkd", "pkt", "sp", "cc"])
 def test_teacher_side_gets_no_gradient(features, name):
     s, t = features
+    t = t[:, :4] if name == "cc" else t
     grad = jax.grad(getattr(baselines, name), argnums=1)(jnp.asarray(s), jnp.asarray(t))
     np.testing.assert_array_equal(grad, 0.0)
 

@@ -7,8 +7,6 @@ RepDistiller (Tian, Krishnan, Isola, "Contrastive Representation Distillation", 
 returns a scalar and passes no gradient to the teacher side: the teacher is frozen.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 
@@ -195,47 +193,39 @@ def sp(student_features: jax.Array, teacher_features: jax.Array) -> jax.Array:
     return jnp.sum((similarity(teacher) - similarity(student)) ** 2) / (batch * batch)
 
 
-def cc(
-    student_embedding: jax.Array,
-    teacher_embedding: jax.Array,
-    *,
-    gamma: float = 0.4,
-    order: int = 2,
-) -> jax.Array:
-    """Correlation congruence (Peng et al., ICCV 2019, arXiv:1904.01802).
+def cc(student_embedding: jax.Array, teacher_embedding: jax.Array) -> jax.Array:
+    """Correlation congruence (Peng et al., ICCV 2019, arXiv:1904.01802), as RepDistiller runs it.
 
-    The correlation between two L2-normalized embeddings is a Gaussian RBF kernel,
-    k(u, v) = exp(-gamma ||u - v||^2) = exp(-2 gamma) exp(2 gamma <u, v>), approximated by its
-    Taylor expansion to ``order`` P:
+    With the per-sample absolute differences delta_i = |s_i - t_i| (a D-vector),
 
-        C_ij = sum_{p=0}^{P} exp(-2 gamma) (2 gamma)^p / p! <u_i, u_j>^p
-        loss = mean over all B^2 entries of (C^S_ij - C^T_ij)^2
+        loss = 1 / (B - 1) * sum_{i=0}^{B-2} sum_d delta_{i,d} delta_{i+1,d}
 
-    with the paper's gamma = 0.4 and P = 2. The student side is a learned linear embedding of the
-    student features (registry ``projection="linear"``). Note: RepDistiller's ``Correlation``
-    module computes a different quantity (mean_i sum_d |s_i - t_i|_d |s_{i+1} - t_{i+1}|_d on
-    embeddings of both networks); this function implements the paper's kernel form.
+    i.e. the mean over consecutive pairs of rows of the batch of the inner product of their
+    differences (RepDistiller ``distiller_zoo/CC.py``, ``Correlation.forward``, used with beta =
+    0.02). This is the code the field's CC numbers come from; it is not the paper's
+    Taylor-expanded RBF kernel correlation. The loss depends on the order of the batch.
+
+    Embeddings: RepDistiller maps both networks' features through learned linear embeddings to
+    ``feat_dim`` = 128 (``LinearEmbed``, no normalization) and trains both. pcjax embeds only the
+    student side, onto the teacher's width (registry ``projection="linear"``), and passes the
+    teacher's features as they are: in pcjax the teacher is frozen and the transfer consumes only
+    its features, so nothing teacher-side is trained. A trainable teacher embedding would also give
+    the loss a trivial minimum (both embeddings constant and equal) that transfers nothing.
+
+    |x| is taken with derivative 0 at x = 0, as ``torch.abs``.
 
     Args:
-      student_embedding: (B, Es) embedded student features.
-      teacher_embedding: (B, Et) teacher features (or their embedding); widths may differ.
-      gamma: the RBF kernel's gamma.
-      order: P, the highest power kept in the Taylor expansion.
+      student_embedding: (B, D) student features mapped to the teacher's width, B >= 2.
+      teacher_embedding: (B, D) teacher features.
+
+    Returns:
+      Scalar, in squared feature units.
     """
     check_pair(
         student_embedding, teacher_embedding, student_name="student_embedding",
-        teacher_name="teacher_embedding", min_batch=2,
+        teacher_name="teacher_embedding", min_batch=2, same_width=True,
     )
-    if order < 0:
-        raise ValueError(f"order must be a non-negative integer, got {order}.")
     student, teacher = _prepare(student_embedding, teacher_embedding)
-    coefficients = [
-        math.exp(-2.0 * gamma) * (2.0 * gamma) ** p / math.factorial(p) for p in range(order + 1)
-    ]
-
-    def correlation(x: jax.Array) -> jax.Array:
-        unit = _normalize_rows(x, eps=1e-12)
-        similarity = unit @ unit.T
-        return sum(c * similarity**p for p, c in enumerate(coefficients))
-
-    return jnp.mean((correlation(student) - correlation(teacher)) ** 2)
+    difference = student - teacher
+    delta = jnp.sign(difference) * difference
+    return jnp.mean(jnp.sum(delta[:-1] * delta[1:], axis=-1))
