@@ -1,4 +1,4 @@
-r"""CIFAR-100 distillation, the 13 teacher->student pairs of the CRD benchmark (RepDistiller recipe).
+r"""CIFAR-100 distillation: the 13 teacher->student pairs of the CRD benchmark, RepDistiller recipe.
 
 The argument names the pair as ``<teacher>_<student>`` (default ``resnet32x4_resnet8x4``):
 

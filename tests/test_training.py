@@ -353,9 +353,12 @@ def test_crash_after_a_checkpoint_then_rerun_gives_the_uninterrupted_results(
     monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_crash)
     with pytest.raises(_Crash):
         trainer.run(config, workdir)
-    assert checkpoint.Checkpointer(
-        os.path.join(workdir, "student", "checkpoints"), max_to_keep=2
-    ).latest_step() == 3
+    assert (
+        checkpoint.Checkpointer(
+            os.path.join(workdir, "student", "checkpoints"), max_to_keep=2
+        ).latest_step()
+        == 3
+    )
     crash["armed"] = False
     resumed = trainer.run(config, workdir)
     assert resumed == pytest.approx(expected, rel=1e-5, abs=1e-6)

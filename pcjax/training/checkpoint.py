@@ -48,7 +48,7 @@ class Checkpointer:
         self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
     def restore(self, step: int, target):
-        """Restores `step` into the structure, dtypes and shardings of `target` (abstract or concrete)."""
+        """Restores `step` into the structure, dtypes and shardings of `target`."""
         return self._manager.restore(step, args=ocp.args.StandardRestore(target))
 
     def wait(self) -> None:
@@ -67,11 +67,11 @@ def save_model(path: str, variables) -> None:
 
 
 def model_exists(path: str) -> bool:
-    """Whether a complete export lives at `path` (a partial write stays in a temporary directory)."""
+    """Whether a complete export lives at `path` (a partial write stays in a temporary dir)."""
     return os.path.isdir(path) and ocp.utils.is_checkpoint_finalized(os.path.abspath(path))
 
 
 def load_model(path: str, target):
-    """Reads the variables exported at `path` into the structure/shardings of `target` (read-only)."""
+    """Reads the variables exported at `path` into the structure and shardings of `target`."""
     checkpointer = ocp.StandardCheckpointer()
     return checkpointer.restore(os.path.abspath(path), target)

@@ -4,26 +4,34 @@ A config is an ``ml_collections.ConfigDict``; ``configs/*.py`` build one with `b
 `phase_config` and override what differs. Schema (``phase`` = the teacher's or the student's
 training phase):
 
-    name              run name; the default workdir is ``./workdir/<name>``
-    seed              seeds init, data order and per-step rng (``fold_in(key, step)``)
-    dataset           a ``pcjax.data`` dataset name; ``data_dir`` ("" = the pipeline's default)
-    train_split, eval_split   TFDS split strings ("train", "test", "train[:90%]", ...)
-    distributed       call ``jax.distributed.initialize()`` (also done when JAX_COORDINATOR_ADDRESS is set)
-    num_devices       devices of the data mesh; 0 = all
-    teacher.model     a ``pcjax.models`` name; ``teacher.checkpoint``: "" = train it into
-                                        ``<workdir>/teacher``, else the directory of an exported teacher to load
-    teacher.train / student.train   phase:
-            batch_size (global), num_steps (> 0) or num_epochs, augment, log_every, checkpoint_every,
-            keep_checkpoints, eval_every (0 = at the end only),
-            optimizer: name (sgd | adamw), learning_rate, momentum, nesterov, weight_decay, b1, b2,
-                                  grad_clip_norm (0 = off)
-            schedule: name (constant | piecewise | cosine), warmup_steps or warmup_epochs,
-                                decay_steps or decay_epochs (piecewise boundaries), decay_factor, end_factor (cosine)
-    student.model     a ``pcjax.models`` name
-    distill.protocol  class_unaware (beta * transfer) | class_aware (gamma*CE + alpha*KD + beta*transfer)
-    distill.loss      a ``pcjax.losses`` name; ``loss_kwargs`` passed to it; ``beta`` (None = the
-                                        loss's ``LossSpec.default_weight``), ``alpha``, ``gamma``, ``kd_temperature``
-    eval              batch_size, knn_k, probe_train_split ("" = train_split), pc_chunk_size (0 = whole set)
+  name              run name; the default workdir is ``./workdir/<name>``
+  seed              seeds init, data order and per-step rng (``fold_in(key, step)``)
+  dataset           a ``pcjax.data`` dataset name; ``data_dir`` ("" = the pipeline's default)
+  train_split, eval_split
+                    TFDS split strings ("train", "test", "train[:90%]", ...)
+  distributed       call ``jax.distributed.initialize()`` first (also done when the
+                    JAX_COORDINATOR_ADDRESS environment variable is set)
+  num_devices       devices of the data mesh; 0 = all
+  teacher.model     a ``pcjax.models`` name
+  teacher.checkpoint
+                    "" = train the teacher into ``<workdir>/teacher``; else the directory of an
+                    exported teacher (``<other workdir>/teacher/model``) to load read-only
+  student.model     a ``pcjax.models`` name
+  teacher.train, student.train   one phase each:
+      batch_size (global), num_steps (> 0) or num_epochs, augment, log_every,
+      checkpoint_every, keep_checkpoints, eval_every (0 = only the final evaluation)
+      optimizer: name (sgd | adamw), learning_rate, momentum, nesterov, weight_decay,
+                 b1, b2, grad_clip_norm (0 = off)
+      schedule: name (constant | piecewise | cosine), warmup_steps or warmup_epochs,
+                decay_steps or decay_epochs (piecewise boundaries), decay_factor,
+                end_factor (cosine floor, a fraction of the base rate)
+  distill.protocol  class_unaware: beta * transfer
+                    class_aware: gamma * CE + alpha * KD + beta * transfer
+  distill.loss      a ``pcjax.losses`` name; ``loss_kwargs`` are passed to it
+  distill.beta      None = the loss's ``LossSpec.default_weight``; ``alpha``, ``gamma``,
+                    ``kd_temperature`` as above
+  eval              batch_size, knn_k, probe_train_split ("" = train_split),
+                    pc_chunk_size (0 = the pc_score default)
 """
 
 from __future__ import annotations

@@ -33,8 +33,12 @@ def predict(forward: Callable, variables, batches: Iterable[dict]) -> dict[str, 
     for batch in batches:
         out = forward(variables, batch["image"])
         host = sharding.to_host(
-            {"features": out.features, "logits": out.logits, "label": batch["label"],
-             "mask": batch["mask"]}
+            {
+                "features": out.features,
+                "logits": out.logits,
+                "label": batch["label"],
+                "mask": batch["mask"],
+            }
         )
         keep = host["mask"].astype(bool)
         for key in chunks:

@@ -32,7 +32,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 class MetricWriter:
     """Appends ``{"phase", "step", "split", name: value...}`` records to ``<workdir>/metrics.jsonl``
-    and the same scalars to TensorBoard under ``<workdir>/tensorboard`` as ``<phase>/<split>/<name>``.
+    and the same scalars to TensorBoard under ``<workdir>/tensorboard`` as
+    ``<phase>/<split>/<name>``.
     """
 
     def __init__(self, workdir: str):

@@ -65,7 +65,8 @@ def make_schedule(
     """Learning rate as a function of the step count.
 
     - ``constant``: ``base_lr``.
-    - ``piecewise``: ``base_lr * decay_factor**k`` after the k-th boundary (RepDistiller's MultiStepLR).
+    - ``piecewise``: ``base_lr * decay_factor**k`` after the k-th boundary (RepDistiller's
+      MultiStepLR).
     - ``cosine``: ``base_lr/2 * (1 + cos(pi * t / (total - warmup)))`` after warmup, floored at
         ``base_lr * end_factor`` (Loshchilov & Hutter, SGDR, arXiv:1608.03983).
     Any of them starts with ``warmup`` steps of linear increase from 0 when ``warmup > 0``.
@@ -104,11 +105,11 @@ def make_optimizer(
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The phase's optax optimizer and its learning-rate schedule.
 
-    ``sgd`` follows PyTorch's SGD (which RepDistiller uses): the weight decay is added to the gradient
-    before the momentum, ``v <- mu v + (g + wd w)``, ``w <- w - lr v`` (Nesterov optional).
-    ``adamw`` is decoupled weight decay (Loshchilov & Hutter, arXiv:1711.05101). Both decay every
-    parameter, BatchNorm scales and biases included, as RepDistiller does. ``grad_clip_norm > 0`` clips
-    the global gradient norm first.
+    ``sgd`` follows PyTorch's SGD (which RepDistiller uses): the weight decay is added to the
+    gradient before the momentum, ``v <- mu v + (g + wd w)``, ``w <- w - lr v`` (Nesterov
+    optional). ``adamw`` is decoupled weight decay (Loshchilov & Hutter, arXiv:1711.05101). Both
+    decay every parameter, BatchNorm scales and biases included, as RepDistiller does.
+    ``grad_clip_norm > 0`` clips the global gradient norm first.
     """
     opt = phase.optimizer
     lr = make_schedule(phase.schedule, opt.learning_rate, steps)

@@ -1,8 +1,8 @@
 """The device mesh and the two shardings a run uses: batch split on "data", state replicated.
 
 Data parallelism over every device of every host: one global-view ``jax.jit`` whose inputs are
-global ``jax.Array``s; XLA (GSPMD) inserts the cross-device reductions, so a loss that ranks over the
-whole batch (the perception coherence loss) sees the global batch exactly as on one device.
+global ``jax.Array``s; XLA (GSPMD) inserts the cross-device reductions, so a loss that ranks
+over the whole batch (the perception coherence loss) sees the global batch exactly as on one device.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The train state as a plain pytree, and the NNX split/merge around it.
 
 A model is an ``nnx.Module``; for the jitted step it is split once into a static ``graphdef`` and
-three states: ``params`` (``nnx.Param``, trained), ``rng_state`` (``nnx.RngState``: reseeded from the
-step every step, so it is neither carried nor checkpointed) and ``model_state`` (everything else:
-BatchNorm statistics). The step function is pure over ``TrainState`` and merges them back.
+three states: ``params`` (``nnx.Param``, trained), ``rng_state`` (``nnx.RngState``: reseeded
+from the step every step, so it is neither carried nor checkpointed) and ``model_state``
+(everything else: BatchNorm statistics). The step function is pure over ``TrainState`` and merges them back.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Student(nnx.Module):
         return self.net(x, train=train)
 
     def project(self, y):
-        """The loss-side view of the student output `y` (B, in_dim) -> (B, out_dim), or `y` itself."""
+        """The loss-side view of student output `y`: (B, in_dim) -> (B, out_dim), or `y` itself."""
         return y if self.head is None else self.head(y)
 
 

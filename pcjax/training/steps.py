@@ -16,7 +16,7 @@ from pcjax.training.state import TrainState, merge, split
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy (nats) of (B, C) logits against (B,) integer labels, in float32."""
+    """Mean softmax cross-entropy (nats) of (B, C) logits and (B,) integer labels, in float32."""
     return optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), labels
     ).mean()

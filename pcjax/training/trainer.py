@@ -104,7 +104,8 @@ def _check_finite(phase: str, pending: list, ckpt: checkpoint.Checkpointer) -> d
                 else "no checkpoint was written"
             )
             raise TrainingDivergedError(
-                f"{phase}: loss is {float(m['loss'])} at step {step}; stopping ({where}). Lower the "
+                f"{phase}: loss is {float(m['loss'])} at step {step}; stopping ({where}). "
+                "Lower the "
                 "learning rate or the loss weight, or clip gradients (optimizer.grad_clip_norm)."
             )
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
@@ -412,7 +413,7 @@ def summary_table(config: ml_collections.ConfigDict, results: dict[str, float]) 
     lines.insert(1, "-+-".join("-" * w for w in widths))
     note = ""
     if config.distill.protocol == "class_unaware":
-        note = "\n(class_unaware: the student's classifier head is not trained; judge it by probe/kNN.)"
+        note = "\n(class_unaware: the student's classifier is not trained; judge it by probe/kNN.)"
     return head + "\n" + "\n".join(lines) + note
 
 
