@@ -13,30 +13,32 @@ teacher of this student) fed to the step, so the ratio isolates what the transfe
 student's own step. A real distillation step adds the same teacher forward to all three, which
 only lowers the ratios.
 
-Inputs are random (timing does not depend on the values). Each variant is compiled and warmed up
-first; then the variants are timed in interleaved rounds (ce, pc, rkd, ce, pc, rkd, ...) so that a
-change of machine load during the run hits all of them alike, and the median of the rounds is
-reported. Every timed call ends with ``block_until_ready``.
+Inputs are random (timing does not depend on the values). Each variant is timed by
+``benchmarks/_timing.median_seconds``: warm-up calls absorb compilation, then the median of
+several calls, each waited on with ``block_until_ready``. The step is timed on a fixed state (no
+buffer donation), so every call does the same work.
 
-    python benchmarks/step_overhead.py                     # batch 64 and 256, 7 rounds
-    python benchmarks/step_overhead.py --batch_sizes 256 --rounds 11
+    python benchmarks/step_overhead.py                     # batch 64 and 256, median of 7 runs
+    python benchmarks/step_overhead.py --batch_sizes 256 --runs 11
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
+import sys
 
-import jax
-import jax.numpy as jnp
-import optax
-from flax import nnx
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pcjax import losses, models
-from pcjax.training.state import merge, split
-from pcjax.training.steps import cross_entropy
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from _timing import median_seconds  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from pcjax import losses, models  # noqa: E402
+from pcjax.training.state import merge, split  # noqa: E402
+from pcjax.training.steps import cross_entropy  # noqa: E402
 
 STUDENT = "resnet8x4"
 NUM_CLASSES = 100
@@ -65,11 +67,11 @@ def make_step(graphdef, rng_state, tx: optax.GradientTransformation, transfer: s
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), new_model_state, opt_state, loss
 
-    return jax.jit(step, donate_argnums=(0, 1, 2))
+    return jax.jit(step)
 
 
-def measure(batch_sizes, rounds: int, warmup: int) -> list[dict]:
-    """Median step time (seconds) of every variant at every batch size."""
+def measure(batch_sizes, runs: int, warmup: int) -> list[dict]:
+    """Median step time (seconds) of every variant at every batch size, and its ratio to CE."""
     tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.05, momentum=0.9))
     rows = []
     for batch in batch_sizes:
@@ -77,46 +79,35 @@ def measure(batch_sizes, rounds: int, warmup: int) -> list[dict]:
         images = jax.random.normal(keys[0], (batch, *IMAGE_SHAPE), jnp.float32)
         labels = jax.random.randint(keys[1], (batch,), 0, NUM_CLASSES)
         teacher_features = jax.random.normal(keys[2], (batch, TEACHER_WIDTH), jnp.float32)
-        runs = {}
+        medians = {}
         for name, transfer in VARIANTS.items():
             model = models.create(STUDENT, num_classes=NUM_CLASSES, rngs=nnx.Rngs(0))
             graphdef, params, rng_state, model_state = split(model)
-            state = (params, model_state, tx.init(params))
             step = make_step(graphdef, rng_state, tx, transfer)
-            for _ in range(warmup):
-                *state, loss = step(*state, images, labels, teacher_features)
-                loss.block_until_ready()
-            runs[name] = [step, state, []]
-        for _ in range(rounds):
-            for name, run in runs.items():
-                step, state, times = run
-                start = time.perf_counter()
-                *state, loss = step(*state, images, labels, teacher_features)
-                loss.block_until_ready()
-                times.append(time.perf_counter() - start)
-                run[1] = state
-        base = statistics.median(runs["ce"][2])
-        for name, (_, _, times) in runs.items():
-            median = statistics.median(times)
+            medians[name] = median_seconds(
+                step, params, model_state, tx.init(params), images, labels, teacher_features,
+                runs=runs, warmup=warmup,
+            )
+        for name, median in medians.items():
             rows.append({"batch": batch, "variant": name, "median_s": median,
-                         "min_s": min(times), "ratio": median / base})
+                         "ratio": median / medians["ce"]})
     return rows
 
 
-def markdown(rows: list[dict], rounds: int) -> str:
+def markdown(rows: list[dict], runs: int) -> str:
     lines = [
-        f"Train step of `{STUDENT}` (CIFAR-100 shapes), median of {rounds} interleaved rounds, "
-        f"{jax.devices()[0].platform.upper()} x{jax.device_count()}, "
+        f"Train step of `{STUDENT}` (CIFAR-100 shapes), median of {runs} runs, "
+        f"{jax.devices()[0].platform.upper()} ({os.cpu_count()} cores), "
         f"load average {os.getloadavg()[0]:.2f} at the end of the run.",
         "",
-        "| batch | objective | median step (ms) | fastest (ms) | vs CE |",
-        "|---:|---|---:|---:|---:|",
+        "| batch | objective | median step (ms) | vs CE |",
+        "|---:|---|---:|---:|",
     ]
     names = {"ce": "CE", "pc": "CE + perception coherence", "rkd": "CE + RKD"}
     for r in rows:
         lines.append(
             f"| {r['batch']} | {names[r['variant']]} | {1e3 * r['median_s']:.1f} | "
-            f"{1e3 * r['min_s']:.1f} | {r['ratio']:.3f} |"
+            f"{r['ratio']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -124,12 +115,12 @@ def markdown(rows: list[dict], rounds: int) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
                                                          "step_overhead.md"))
     args = parser.parse_args()
-    table = markdown(measure(args.batch_sizes, args.rounds, args.warmup), args.rounds)
+    table = markdown(measure(args.batch_sizes, args.runs, args.warmup), args.runs)
     print(table)
     if args.output:
         os.makedirs(os.path.dirname(args.output), exist_ok=True)
