@@ -435,6 +435,10 @@ def run(
     """
     mesh = mesh or sharding.make_mesh(config.num_devices)
     config_lib.validate(config, num_devices=mesh.size)
+    # An unprepared dataset raises DatasetNotFoundError (with the command that prepares it) here,
+    # before anything is written to the workdir.
+    for split in (config.train_split, config.eval_split):
+        data.source(config.dataset, split, data_dir=config.data_dir or None)
     writer = log_lib.MetricWriter(workdir)
     log_lib.save_config(config, workdir)
     ctx = Context(config, workdir, mesh, writer)
