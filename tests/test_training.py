@@ -329,6 +329,19 @@ def test_summary_table_shows_each_model_row(finished_run):
     assert table.count("\n") >= 3
 
 
+@pytest.mark.parametrize("protocol, shown", [("class_unaware", False), ("class_aware", True)])
+def test_summary_table_reports_student_top1_only_when_its_head_was_trained(protocol, shown):
+    config = config_lib.base_config()
+    config.distill.protocol = protocol
+    results = {"teacher/top1": 0.9912, "student/top1": 0.1234, "student/pc_score": 0.5}
+    student_row = next(
+        line for line in trainer.summary_table(config, results).splitlines()
+        if line.startswith("student")
+    )
+    assert ("12.34" in student_row) is shown
+    assert "0.5000" in student_row
+
+
 class _Crash(Exception):
     pass
 

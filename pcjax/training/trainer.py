@@ -399,11 +399,13 @@ def summary_table(config: ml_collections.ConfigDict, results: dict[str, float]) 
     )
     cols = ("top1", "linear_probe", "knn", "pc_score")
     titles = ("model", "top-1 %", "linear probe %", f"kNN (k={config.eval.knn_k}) %", "pc_score")
+    # A class-unaware student's classifier head never trains: its top-1 is chance, not a result.
+    untrained = {f"{STUDENT}/top1"} if config.distill.protocol == "class_unaware" else set()
     rows = [titles]
     for name in (TEACHER, STUDENT):
         cells = [name]
         for c in cols:
-            v = results.get(f"{name}/{c}")
+            v = None if f"{name}/{c}" in untrained else results.get(f"{name}/{c}")
             cells.append(
                 "-" if v is None else (f"{v:.4f}" if c == "pc_score" else f"{100 * v:.2f}")
             )
@@ -413,7 +415,10 @@ def summary_table(config: ml_collections.ConfigDict, results: dict[str, float]) 
     lines.insert(1, "-+-".join("-" * w for w in widths))
     note = ""
     if config.distill.protocol == "class_unaware":
-        note = "\n(class_unaware: the student's classifier is not trained; judge it by probe/kNN.)"
+        note = (
+            "\n(class_unaware: the student's classifier head is not trained, so no top-1;"
+            " judge it by probe/kNN.)"
+        )
     return head + "\n" + "\n".join(lines) + note
 
 
