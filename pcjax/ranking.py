@@ -246,6 +246,9 @@ def _extension_merges(x, is_start, blocks: _Blocks, violated, kind, reg, inv_eps
         after_end = jnp.minimum(end + 1, n - 1)
         active = jnp.take_along_axis(violated, after_end, axis=1) & (end + 1 < n)
         reset = active & (iota == blocks.start)
+    # Materialize the scan's inputs: otherwise XLA fuses their producers (gathers) into each of
+    # the scan's log n levels and recomputes them there (measured ~15% of a solve on CPU).
+    d, reset = lax.optimization_barrier((d, reset))
     if reg == "l2":
         union_sum, union_count = _segmented_scan(
             (jnp.add, jnp.add), (d, jnp.ones_like(d)), reset, reverse=leftward

@@ -116,21 +116,20 @@ def test_values_match_reference(rows, kind, regularization, direction):
 
 @pytest.mark.parametrize("kind", OPS)
 @pytest.mark.parametrize("regularization", REGULARIZATIONS)
-def test_leading_dims_and_tiny_rows_match_reference(kind, regularization):
-    rng = np.random.default_rng(2)
-    for shape in ((2, 3, 4), (3, 1), (4, 2)):
-        x = rng.normal(size=shape).astype(np.float32)
-        for direction in DIRECTIONS:
-            got = OPS[kind](x, regularization_strength=0.7, regularization=regularization, direction=direction)
-            assert got.shape == shape
-            want = ref_rows(kind, x, 0.7, regularization, direction)
-            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=str(shape))
+def test_leading_dims_and_two_element_rows_match_reference(kind, regularization):
+    x = np.random.default_rng(2).normal(size=(2, 3, 2)).astype(np.float32)
+    for direction in DIRECTIONS:
+        got = OPS[kind](x, regularization_strength=0.7, regularization=regularization, direction=direction)
+        assert got.shape == x.shape
+        want = ref_rows(kind, x, 0.7, regularization, direction)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=direction)
 
 
-def test_single_element_rank_is_one():
+def test_single_element_rows_rank_one_and_sort_to_themselves():
+    x = jnp.array([[3.0], [-1.0]])
     for regularization in REGULARIZATIONS:
-        got = soft_rank(jnp.array([[3.0], [-1.0]]), regularization=regularization)
-        np.testing.assert_array_equal(got, [[1.0], [1.0]])
+        np.testing.assert_array_equal(soft_rank(x, regularization=regularization), [[1.0], [1.0]])
+        np.testing.assert_allclose(soft_sort(x, regularization=regularization), x, rtol=1e-6)
 
 
 @pytest.mark.parametrize("regularization", REGULARIZATIONS)
@@ -216,8 +215,8 @@ def test_grad_matches_reference_finite_differences(smooth_point, kind, regulariz
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_kl_small_strength_gradient_is_finite():
-    x = jnp.asarray(np.random.default_rng(5).normal(size=(4, 8)) * 50, jnp.float32)
+def test_kl_small_strength_gradient_is_finite(rows):
+    x = jnp.asarray(rows * 50)
     for kind, op in OPS.items():
         grad = jax.grad(lambda v: jnp.sum(op(v, regularization_strength=1e-3, regularization="kl") ** 2))(x)
         assert np.all(np.isfinite(grad)), kind
@@ -237,22 +236,20 @@ def test_jacobian_is_block_averaging_on_ties():
 # ----------------------------------------------------------------------------- transformations
 
 
-@pytest.mark.parametrize("kind", OPS)
-def test_jit_matches_no_jit(rows, kind):
-    op = lambda v: OPS[kind](v, regularization_strength=0.5, regularization="kl")
+def test_jit_matches_no_jit(rows):
+    op = lambda v: soft_rank(v, regularization_strength=0.5, regularization="kl")
     with jax.disable_jit():
-        eager = op(rows)
-    np.testing.assert_allclose(jax.jit(op)(rows), eager, rtol=1e-6, atol=1e-6)
+        eager = op(rows[:2])
+    np.testing.assert_allclose(jax.jit(op)(rows[:2]), eager, rtol=1e-6, atol=1e-6)
 
 
 def test_vmap_matches_loop(rows):
-    op = lambda v: soft_rank(v, regularization_strength=0.5)
+    op = jax.jit(lambda v: soft_rank(v, regularization_strength=0.5))
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(op(v) ** 2)))
     batched = jax.vmap(op)(rows)
-    looped = np.stack([op(row) for row in rows])
-    np.testing.assert_allclose(batched, looped, rtol=1e-6, atol=1e-6)
-    grads = jax.vmap(jax.grad(lambda v: jnp.sum(op(v) ** 2)))(rows)
-    looped = np.stack([jax.grad(lambda v: jnp.sum(op(v) ** 2))(row) for row in rows])
-    np.testing.assert_allclose(grads, looped, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batched, np.stack([op(row) for row in rows]), rtol=1e-6, atol=1e-6)
+    grads = jax.vmap(grad)(rows)
+    np.testing.assert_allclose(grads, np.stack([grad(row) for row in rows]), rtol=1e-5, atol=1e-5)
 
 
 def test_same_shapes_do_not_retrace(rows):
@@ -296,7 +293,8 @@ def test_nan_row_gives_nan_row_only(rows, kind):
     got = np.asarray(OPS[kind](x, regularization_strength=0.5))
     assert np.all(np.isnan(got[1]))
     keep = np.arange(len(x)) != 1
-    np.testing.assert_allclose(got[keep], OPS[kind](rows[keep], regularization_strength=0.5), rtol=1e-6)
+    want = np.asarray(OPS[kind](rows, regularization_strength=0.5))
+    np.testing.assert_allclose(got[keep], want[keep], rtol=1e-6)
     grad = jax.grad(lambda v: jnp.sum(jnp.where(jnp.isnan(v), 0.0, OPS[kind](v) * 1.0)[keep]))(x)
     assert np.all(np.isfinite(np.asarray(grad)[keep]))
 
@@ -326,7 +324,7 @@ def test_solver_needs_few_rounds_where_plain_rounds_would_need_many():
     # Rank-unit rows at eps = 1: one big central block grows over the tails. Pooling one
     # neighbour per round would take tens of rounds at n = 255; whole-run absorption does not.
     n = 255
-    x = np.random.default_rng(7).normal(size=(4, n)) * np.sqrt((n * n - 1) / 12)
+    x = np.random.default_rng(7).normal(size=(2, n)) * np.sqrt((n * n - 1) / 12)
     rounds = int(ranking._solver_rounds(jnp.asarray(x, jnp.float32)))
     assert 1 <= rounds <= 15, rounds
     np.testing.assert_allclose(
