@@ -11,7 +11,8 @@ from scipy.stats import rankdata, spearmanr
 from pcjax import losses
 from pcjax.losses import pc_score, perception_coherence_loss
 
-B = 12
+# The batch size, widths and mask of tests/test_sharding_losses.py: shared shapes share compiles.
+B = 16
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def features():
 @pytest.fixture(scope="module")
 def mask():
     valid = np.ones(B, bool)
-    valid[[2, 7, 8]] = False
+    valid[[1, 2, 9, 15]] = False
     return valid
 
 
@@ -56,7 +57,8 @@ def test_hard_rank_limit_matches_scipy_rankdata(features, objective):
 def test_hard_rank_limit_with_teacher_ties(features):
     student, _ = features
     # Teacher points on a 1-D integer grid: many equal distances, so many averaged ranks.
-    teacher = np.repeat(np.arange(B) % 4, 2).reshape(B, 2).astype(np.float32)
+    teacher = np.zeros((B, 5), np.float32)
+    teacher[:, 0] = np.arange(B) % 4
     loss = perception_coherence_loss(student, teacher, regularization_strength=1e-4)
     np.testing.assert_allclose(loss, _reference_loss(student, teacher, "mse"), atol=1e-5)
 
@@ -84,16 +86,17 @@ def test_invariant_to_rescaling_and_translating_student(features, scale):
 def test_same_sharpness_at_batch_16_and_1024():
     # A fixed noisy student/teacher relation: the loss estimates a smoothed PC divergence that
     # must not depend on the batch size. Without the row normalization in rank units, eps = 1
-    # would pool whole rows at B = 1024 (loss near 1/12) and few entries at B = 16.
+    # would pool whole rows at B = 1024 (loss near 1/12, against about 0.037 at B = 16).
+    # Two compiles: 64 batches of 16 in one vmapped call, one forward of 1024.
     rng = np.random.default_rng(3)
 
     def sample(batches, batch):
         teacher = rng.normal(size=(batches, batch, 8)).astype(np.float32)
         return teacher + 0.5 * rng.normal(size=teacher.shape).astype(np.float32), teacher
 
-    loss = jax.vmap(perception_coherence_loss)
-    small = np.mean(loss(*sample(64, 16)))
-    large = np.mean(loss(*sample(1, 1024)))
+    small = np.mean(jax.jit(jax.vmap(perception_coherence_loss))(*sample(64, 16)))
+    student, teacher = sample(1, 1024)
+    large = jax.jit(perception_coherence_loss)(student[0], teacher[0])
     np.testing.assert_allclose(small, large, rtol=0.25)
 
 
@@ -101,9 +104,9 @@ def test_similar_student_has_near_zero_loss(features):
     _, teacher = features
     rotation, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(5, 5)))
     student = 0.3 * teacher @ rotation - 2.0
-    assert perception_coherence_loss(student, teacher, regularization_strength=1e-3) < 1e-7
+    assert perception_coherence_loss(student, teacher, regularization_strength=1e-4) < 1e-7
     assert perception_coherence_loss(student, teacher, objective="spearman",
-                                     regularization_strength=1e-3) < 1e-6
+                                     regularization_strength=1e-4) < 1e-6
 
 
 @pytest.mark.parametrize("objective", ["mse", "spearman"])
@@ -169,20 +172,22 @@ def test_gradient_descent_makes_2d_student_coherent_with_3d_teacher():
     rng = np.random.default_rng(5)
     teacher = rng.normal(size=(48, 3)) * np.array([3.0, 2.0, 0.7])
     student = jnp.asarray(rng.normal(size=(48, 2)), jnp.float32)
-    before = pc_score(student, teacher)
     optimizer = optax.adam(0.05)
 
     @jax.jit
-    def step(student, state):
-        grad = jax.grad(perception_coherence_loss)(student, teacher, regularization_strength=0.3)
-        updates, state = optimizer.update(grad, state)
-        return optax.apply_updates(student, updates), state
+    def descend(student, teacher):
+        def step(_, carry):
+            student, state = carry
+            grad = jax.grad(perception_coherence_loss)(
+                student, teacher, regularization_strength=0.3
+            )
+            updates, state = optimizer.update(grad, state)
+            return optax.apply_updates(student, updates), state
 
-    state = optimizer.init(student)
-    for _ in range(150):
-        student, state = step(student, state)
-    assert before < 0.3
-    assert pc_score(student, teacher) >= 0.9
+        return jax.lax.fori_loop(0, 150, step, (student, optimizer.init(student)))[0]
+
+    assert pc_score(student, teacher) < 0.3
+    assert pc_score(descend(student, teacher), teacher) >= 0.9
 
 
 @pytest.mark.parametrize(
