@@ -87,16 +87,16 @@ def test_same_sharpness_at_batch_16_and_1024():
     # A fixed noisy student/teacher relation: the loss estimates a smoothed PC divergence that
     # must not depend on the batch size. Without the row normalization in rank units, eps = 1
     # would pool whole rows at B = 1024 (loss near 1/12, against about 0.037 at B = 16).
-    # Two compiles: 64 batches of 16 in one vmapped call, one forward of 1024.
+    # The batches of 16 run eagerly on operations already compiled for B = 16 by the tests above
+    # (mean of 32: standard error about 4%); the batch of 1024 is one jitted forward.
     rng = np.random.default_rng(3)
 
-    def sample(batches, batch):
-        teacher = rng.normal(size=(batches, batch, 8)).astype(np.float32)
+    def sample(batch):
+        teacher = rng.normal(size=(batch, 8)).astype(np.float32)
         return teacher + 0.5 * rng.normal(size=teacher.shape).astype(np.float32), teacher
 
-    small = np.mean(jax.jit(jax.vmap(perception_coherence_loss))(*sample(64, 16)))
-    student, teacher = sample(1, 1024)
-    large = jax.jit(perception_coherence_loss)(student[0], teacher[0])
+    small = np.mean([perception_coherence_loss(*sample(B)) for _ in range(32)])
+    large = jax.jit(perception_coherence_loss)(*sample(1024))
     np.testing.assert_allclose(small, large, rtol=0.25)
 
 
