@@ -100,8 +100,8 @@ def main():
     for shape in shapes:
         x = rank_unit_rows(shape)
         w = jnp.asarray(np.random.default_rng(1).standard_normal(shape).astype(np.float32))
-        t_soft = median_seconds(soft, x, w, runs=args.runs)
-        t_sort = median_seconds(hard, x, w, runs=args.runs)
+        t_soft = median_seconds(soft, x, w, runs=args.runs, warmup=1)
+        t_sort = median_seconds(hard, x, w, runs=args.runs, warmup=1)
         rounds = [
             int(ranking._solver_rounds(x, regularization_strength=STRENGTH, regularization=reg))
             for reg in ("l2", "kl")
@@ -111,7 +111,7 @@ def main():
             f"| {rounds[0]} / {rounds[1]} |"
         )
         if ott_fn is not None:
-            row += f" {median_seconds(ott_fn, x, w, runs=args.runs) * 1e3:.1f} |"
+            row += f" {median_seconds(ott_fn, x, w, runs=args.runs, warmup=1) * 1e3:.1f} |"
         t_torch = torchsort_seconds(x, w, args.runs)
         if t_torch is not None:
             row += f" {t_torch * 1e3:.1f} |"

@@ -20,17 +20,20 @@ output is constant-shifted on *blocks* of consecutive sorted positions, and the 
 block-constant (Jacobian = block averaging), so forward and backward passes cost O(n log n) time
 (the sort) and O(n) memory per row.
 
-Isotonic solver: pool adjacent violators in parallel rounds. Every round computes, for the current
-partition into blocks, each block's optimal value γ (l2: mean of s − w; kl: logΣe^s − logΣe^w),
-and removes every block boundary whose two sides violate the order γ_left ≥ γ_right. Pooling
+Isotonic solver: pool adjacent violators in parallel rounds. Each block's optimal value is γ
+(l2: mean of s − w; kl: logΣe^s − logΣe^w) and the solution needs γ non-increasing. Pooling
 adjacent violators in any order reaches the unique optimum (Best, Chakravarti & Ubhaya 2000, for
-separable convex objectives, which both regularizers are), and pooling a whole chain of violating
-boundaries at once is a valid sequence of single pools: a pooled value lies between the values of
-its parts (a weighted mean for l2, a mediant logΣa/Σb for kl), so it still violates with the next
-block of the chain. Every round with a violation removes at least one boundary of its row, so a
-row needs at most n rounds; the loop is capped there and also ends when nothing changed (NaN
-comparisons are false, so a NaN row cannot keep it going). Typical inputs need a few rounds to a
-few tens (see benchmarks/soft_rank.py); each round is O(n) work with O(log n) depth.
+separable convex objectives, which both regularizers are), and a pooled value lies between the
+values of its parts (a weighted mean for l2, a mediant logΣa/Σb for kl). So in one round every
+block whose left boundary is violated can absorb, one after the other, all the blocks on its left
+that keep violating with the growing union (and, next round, on its right): a valid sequence of
+single pools, done for all blocks at once with O(n) work and O(log n) depth (a segmented scan and
+a segment max; see `_extension_merges`). Absorbing whole runs matters: on rank-unit inputs one
+large central block grows over the tails, which costs one round per absorbed neighbour (49
+rounds at n = 1023, 136 at n = 4095) when only adjacent pairs are pooled, against 9 to 11 passes
+here. Every round with a violation removes at least one boundary of its row, so the loop is
+capped at n rounds; it ends when nothing is violated (comparisons with NaN are false, so a NaN
+row cannot keep it going).
 """
 
 from __future__ import annotations
@@ -459,8 +462,9 @@ def soft_sort(
     s(θ) is the projection of ρ/ε onto the permutahedron of θ (l2) or its KL analogue (Blondel
     et al. 2020, eq. 5 and §3), with ρ = (n, ..., 1). As ε → 0 it tends to the sorted values; as
     ε → ∞ every entry tends to the mean of the row (l2) or to its log-mean-exp (kl; for
-    "ascending", −log-mean-exp(−θ)). Each row of the output is ordered. ε is in the units of
-    `values` (for l2, values whose gap exceeds ε stay apart).
+    "ascending", −log-mean-exp(−θ)). Each row of the output is ordered. Here 1/ε is in the units
+    of `values`: with l2, consecutive outputs inside a pooled block are exactly 1/ε apart, so
+    gaps between sorted values wider than about 1/ε are shrunk and narrower ones are kept.
 
     Args and returns: as `soft_rank`, with "ascending" giving increasing rows.
     """
