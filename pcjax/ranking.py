@@ -305,8 +305,10 @@ def _isotonic(x, kind, reg, inv_eps) -> tuple[_Blocks, jax.Array]:
     Rounds alternate leftward and rightward absorption (`_extension_merges`). `rounds` counts
     the sequential O(n) passes: the first one plus one per pooling round.
     """
-    r, n = x.shape
-    is_start = jnp.ones((r, n), dtype=bool)
+    n = x.shape[1]
+    # Derived from x so that, inside jax.shard_map, the loop's initial carry varies over the same
+    # manual mesh axes as the body's output (a constant would not, and check_vma rejects that).
+    is_start = jnp.ones_like(x, dtype=bool)
     blocks = _block_stats(x, is_start, kind, reg, inv_eps)
     violated = _violations(is_start, blocks, kind)
 

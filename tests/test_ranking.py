@@ -267,6 +267,26 @@ def test_same_shapes_do_not_retrace(rows):
     grad(values + 1, jnp.float32(0.7))
 
 
+def test_shard_map_over_rows_matches_unsharded_values_and_grads():
+    # Inside shard_map (check_vma=True by default) the solver's loop carry must vary over the
+    # mesh axis like the input; each device ranks its own rows.
+    assert jax.device_count() == 8, "tests/conftest.py should provide 8 CPU devices"
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    x = np.random.default_rng(8).normal(size=(8, 6)).astype(np.float32)
+    weights = np.random.default_rng(9).normal(size=x.shape).astype(np.float32)
+    spec = jax.sharding.PartitionSpec("data")
+
+    def value_and_grad(v, w):
+        loss = lambda u: jnp.sum(soft_rank(u, regularization_strength=0.5) * w)
+        return soft_rank(v, regularization_strength=0.5), jax.grad(loss)(v)
+
+    sharded = jax.jit(jax.shard_map(value_and_grad, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec)))
+    got_values, got_grads = sharded(x, weights)
+    want_values, want_grads = value_and_grad(x, weights)
+    np.testing.assert_allclose(got_values, want_values, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got_grads, want_grads, rtol=1e-6, atol=1e-6)
+
+
 def test_traced_strength_matches_python_float(rows):
     traced = jax.jit(lambda v, e: soft_rank(v, regularization_strength=e, regularization="kl"))
     np.testing.assert_allclose(

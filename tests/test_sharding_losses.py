@@ -42,11 +42,6 @@ def _assert_equal_to_single_device(result, expected):
     np.testing.assert_allclose(result[1], expected[1], rtol=1e-5, atol=1e-9)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=TypeError,
-    reason="pcjax.ranking.soft_rank's while_loop starts from an unvarying carry, which shard_map's "
-    "default check_vma=True rejects; remove this mark once ranking pcasts its initial carry",
-)
 @pytest.mark.parametrize("masked", ["unmasked", "masked"])
 def test_shard_map_with_axis_name_matches_single_device(batch, expected, masked):
     student, teacher, mask = batch
