@@ -117,6 +117,49 @@ def _block_sum(v: jax.Array, flat_ids: jax.Array) -> jax.Array:
     return sums[flat_ids]
 
 
+def _cumsum(v: jax.Array, chunk: int = 32) -> jax.Array:
+    """Inclusive prefix sums along axis 1 of v (R, n), as products with triangular matrices.
+
+    Chunks of `chunk` elements are summed by one small matmul each, and the chunk totals
+    recursively: O(n · chunk · log_chunk n) arithmetic but no sequential or log n-level scan,
+    which XLA on CPU runs an order of magnitude slower. Exact whenever every partial sum is
+    representable (counts, or the multiples of a common quantum of `_exact_prefix_sums`).
+    """
+    r, n = v.shape
+    size = min(n, chunk)
+    upper = jnp.triu(jnp.ones((size, size), v.dtype))
+    if n <= chunk:
+        return jnp.matmul(v, upper, precision=lax.Precision.HIGHEST)
+    m = -(-n // chunk)
+    within = jnp.matmul(
+        jnp.pad(v, ((0, 0), (0, m * chunk - n))).reshape(r, m, chunk), upper,
+        precision=lax.Precision.HIGHEST,
+    )
+    totals = within[..., -1]
+    offsets = _cumsum(totals, chunk) - totals
+    return (within + offsets[..., None]).reshape(r, m * chunk)[:, :n]
+
+
+def _count(flags: jax.Array) -> jax.Array:
+    """(R, n) int32: number of set flags at or before each position."""
+    return _cumsum(flags.astype(jnp.float32)).astype(jnp.int32)
+
+
+def _exact_prefix_sums(d: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Exclusive prefix sums (R, n+1) of d (R, n) as a pair (hi, lo) with sum = hi + lo.
+
+    d = d_hi + d_lo exactly, d_hi a multiple of a per-row power of two q small enough that every
+    partial sum of d_hi is a float with at most 22 significant bits: the hi sums are exact, so
+    the sum over [a, b) is (hi[b] − hi[a]) + (lo[b] − lo[a]) with the error of the small lo
+    terms only, whatever the magnitude of the row.
+    """
+    total = jnp.sum(jnp.abs(d), axis=1, keepdims=True)
+    q = jnp.exp2(jnp.ceil(jnp.log2(jnp.maximum(total, jnp.finfo(d.dtype).tiny))) - 22)
+    d_hi = jnp.round(d / q) * q
+    pad = ((0, 0), (1, 0))
+    return jnp.pad(_cumsum(d_hi), pad), jnp.pad(_cumsum(d - d_hi), pad)
+
+
 class _Blocks(NamedTuple):
     """A partition of each sorted row into blocks, and its per-element statistics."""
 
@@ -162,7 +205,7 @@ def _block_stats(x, is_start, kind, reg, inv_eps) -> _Blocks:
     scale = inv_eps if kind == "rank" else 1.0
     iota = lax.broadcasted_iota(jnp.int32, (r, n), 1)
     row_offset = n * lax.broadcasted_iota(jnp.int32, (r, n), 0)
-    flat_ids = jnp.cumsum(is_start, axis=1, dtype=jnp.int32) - 1 + row_offset
+    flat_ids = _count(is_start) - 1 + row_offset
     count_and_start = jnp.stack([jnp.ones_like(x), jnp.where(is_start, iota, 0).astype(x.dtype)], -1)
     count_and_start = _block_sum(count_and_start, flat_ids)
     count, start = count_and_start[..., 0], count_and_start[..., 1].astype(jnp.int32)
@@ -224,7 +267,7 @@ def _segmented_scan(ops, values, reset, reverse):
     return lax.associative_scan(combine, (tuple(values), reset), reverse=reverse, axis=1)[0]
 
 
-def _extension_merges(x, is_start, blocks: _Blocks, violated, kind, reg, inv_eps, leftward):
+def _extension_merges(x, prefix, is_start, blocks: _Blocks, violated, kind, reg, inv_eps, leftward):
     """(R, n) bool: the block starts to remove in one pooling round.
 
     Every *active* block X (leftward: its left boundary is violated) absorbs, one after the
@@ -237,27 +280,44 @@ def _extension_merges(x, is_start, blocks: _Blocks, violated, kind, reg, inv_eps
     prefix of the run up to the first failure, which a segment max finds. rightward mirrors it.
     Absorbing whole runs at once is what keeps the number of rounds small: a big block that
     takes in its neighbours one at a time would otherwise need one round per neighbour.
+
+    The union of a position with everything up to its active block (its segment's far end) is
+    a difference of the row's prefix sums `prefix` for l2 (see `_exact_prefix_sums`), and a
+    segmented log-sum-exp scan for kl.
     """
     r, n = x.shape
-    d = x * inv_eps if kind == "rank" else x
     iota = lax.broadcasted_iota(jnp.int32, (r, n), 1)
+    row_offset = n * lax.broadcasted_iota(jnp.int32, (r, n), 0)
     end = blocks.start + blocks.count.astype(jnp.int32) - 1
+    # A segment runs from one active block to the next: leftward it ends with an active block
+    # (`reset` marks its last element), rightward it starts with one (its first element).
     if leftward:
         active = jnp.take_along_axis(violated, blocks.start, axis=1)
         reset = active & (iota == end)
+        segment_start = jnp.pad(reset[:, :-1], ((0, 0), (1, 0)), constant_values=True)
     else:
         after_end = jnp.minimum(end + 1, n - 1)
         active = jnp.take_along_axis(violated, after_end, axis=1) & (end + 1 < n)
         reset = active & (iota == blocks.start)
-    # Materialize the scan's inputs: otherwise XLA fuses their producers (gathers) into each of
-    # the scan's log n levels and recomputes them there (measured ~15% of a solve on CPU).
-    d, reset = lax.optimization_barrier((d, reset))
+        segment_start = reset.at[:, 0].set(True)
+    segment_ids = _count(segment_start) - 1 + row_offset
     if reg == "l2":
-        union_sum, union_count = _segmented_scan(
-            (jnp.add, jnp.add), (d, jnp.ones_like(d)), reset, reverse=leftward
+        # Leftward the union is [i, segment end], rightward [segment start, i].
+        segment_op = jax.ops.segment_max if leftward else jax.ops.segment_min
+        far = segment_op(
+            iota.reshape(-1), segment_ids.reshape(-1), num_segments=r * n, indices_are_sorted=True
+        )[segment_ids]
+        lo, hi = (iota, far + 1) if leftward else (far, iota + 1)
+        union_sum = sum(
+            jnp.take_along_axis(p, hi, axis=1) - jnp.take_along_axis(p, lo, axis=1) for p in prefix
         )
+        union_count = (hi - lo).astype(x.dtype)
         union_data = union_sum / union_count
     else:
+        d = x * inv_eps if kind == "rank" else x
+        # Materialize the scan's inputs: otherwise XLA fuses their producers (gathers) into each
+        # of the scan's log n levels and recomputes them there (measured ~15% of a solve on CPU).
+        d, reset = lax.optimization_barrier((d, reset))
         union_data, union_count = _segmented_scan(
             (jnp.logaddexp, jnp.add), (d, jnp.ones_like(d)), reset, reverse=leftward
         )
@@ -268,20 +328,14 @@ def _extension_merges(x, is_start, blocks: _Blocks, violated, kind, reg, inv_eps
         absorbs = _violates(
             blocks.data_agg[:, :-1], blocks.rho_agg[:, :-1], union_data[:, 1:], union_rho[:, 1:], kind
         )
-        segment_start = jnp.pad(reset[:, :-1], ((0, 0), (1, 0)), constant_values=True)
-        segment_of_boundary = slice(1, None)
+        segment_ids = segment_ids[:, 1:]
     else:  # The union ending at p−1 against the block at p.
         absorbs = _violates(
             union_data[:, :-1], union_rho[:, :-1], blocks.data_agg[:, 1:], blocks.rho_agg[:, 1:], kind
         )
-        segment_start = reset.at[:, 0].set(True)
-        segment_of_boundary = slice(None, -1)
+        segment_ids = segment_ids[:, :-1]
     candidate = is_start[:, 1:]
     boundary = iota[:, 1:]
-    row_offset = n * lax.broadcasted_iota(jnp.int32, (r, n), 0)
-    segment_ids = (jnp.cumsum(segment_start, axis=1, dtype=jnp.int32) - 1 + row_offset)[
-        :, segment_of_boundary
-    ]
     failed = candidate & ~absorbs
     # The first failing boundary seen from the active block ends its run.
     if leftward:
@@ -311,10 +365,11 @@ def _isotonic(x, kind, reg, inv_eps) -> tuple[_Blocks, jax.Array]:
     is_start = jnp.ones_like(x, dtype=bool)
     blocks = _block_stats(x, is_start, kind, reg, inv_eps)
     violated = _violations(is_start, blocks, kind)
+    prefix = _exact_prefix_sums(x * inv_eps if kind == "rank" else x) if reg == "l2" else None
 
     def pool(is_start, blocks, violated, leftward):
         is_start = is_start & ~_extension_merges(
-            x, is_start, blocks, violated, kind, reg, inv_eps, leftward
+            x, prefix, is_start, blocks, violated, kind, reg, inv_eps, leftward
         )
         blocks = _block_stats(x, is_start, kind, reg, inv_eps)
         return is_start, blocks, _violations(is_start, blocks, kind)
