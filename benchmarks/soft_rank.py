@@ -7,8 +7,10 @@ Input: B rows of n standard-normal values scaled to rank units (std of the ranks
 scaling pcjax.perception_coherence_loss applies before its soft rank, with ε = 1 (its default):
 the regime the loss runs in. Every timing is the median of several runs after a warm-up, with
 block_until_ready, all in this process; "fwd+bwd" is jax.grad of sum(op(x) * w) for a fixed
-random w (a VJP with a dense cotangent). "rounds" is the number of sequential O(n) passes of
-the isotonic solver on that input (the largest over the rows, which are solved together).
+random w (a VJP with a dense cotangent). soft_rank's isotonic solve is the sequential
+pool-adjacent-violators on CPU and the parallel-rounds solver on GPU/TPU (the output says which
+one was timed); "rounds" is the number of sequential O(n) passes the parallel solver makes on
+that input (the largest over the rows, which are solved together), whichever one was timed.
 ott-jax and torchsort columns appear only when those packages are importable.
 """
 
@@ -85,7 +87,10 @@ def main():
     ott = ott_ranks()
     ott_fn = fwd_bwd(ott) if ott is not None else None
 
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPU cores")
+    backend = jax.default_backend()
+    solver = "sequential (one step per position)" if backend == "cpu" else "parallel rounds"
+    print(f"jax {jax.__version__}, backend {backend}, {os.cpu_count()} CPU cores")
+    print(f"soft_rank timed with the {solver} isotonic solver; rounds: the parallel solver's passes")
     print()
     header = "| shape | soft_rank fwd+bwd (ms) | jnp.sort fwd+bwd (ms) | ratio | rounds l2 / kl |"
     rule = "|---|---|---|---|---|"

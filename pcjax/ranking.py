@@ -33,7 +33,11 @@ large central block grows over the tails, which costs one round per absorbed nei
 rounds at n = 1023, 136 at n = 4095) when only adjacent pairs are pooled, against 9 to 11 passes
 here. Every round with a violation removes at least one boundary of its row, so the loop is
 capped at n rounds; it ends when nothing is violated (comparisons with NaN are false, so a NaN
-row cannot keep it going).
+row cannot keep it going). That is the solver on GPU/TPU. On CPU, where a pass costs a few
+kernels rather than a device-wide sync but each round's O(n) scans and segment reductions are
+slow, the classic sequential pool-adjacent-violators (one step per position, all rows at once,
+`_isotonic_sequential`) is several times faster; both give the same partition, and
+lax.platform_dependent picks one when the program is lowered.
 """
 
 from __future__ import annotations
@@ -353,7 +357,7 @@ def _extension_merges(x, prefix, is_start, blocks: _Blocks, violated, kind, reg,
     return jnp.pad(merge, ((0, 0), (1, 0)))
 
 
-def _isotonic(x, kind, reg, inv_eps) -> tuple[_Blocks, jax.Array]:
+def _isotonic_parallel(x, kind, reg, inv_eps) -> tuple[_Blocks, jax.Array]:
     """Parallel pool-adjacent-violators on descending rows x (R, n); returns (blocks, rounds).
 
     Rounds alternate leftward and rightward absorption (`_extension_merges`). `rounds` counts
@@ -389,6 +393,89 @@ def _isotonic(x, kind, reg, inv_eps) -> tuple[_Blocks, jax.Array]:
     return blocks, rounds
 
 
+def _isotonic_sequential(x, kind, reg, inv_eps) -> tuple[_Blocks, jax.Array]:
+    """Classic pool-adjacent-violators on descending rows x (R, n); returns (blocks, rounds = n).
+
+    One step per sorted position, all rows at once: push the position as a one-element block,
+    then merge the top block with the one below it while the two violate (each row stops on its
+    own; the step ends when no row merges). Total work O(n) per row, but n sequential steps:
+    cheap on CPU, where a step costs a few small kernels, and the reason this is not used on
+    GPU/TPU.
+
+    No stack is stored. The block below a top block starting at t is fixed from the step that
+    pushed t until t is merged away, so it is written once, at row t of `below_start` and
+    `below_data` (an in-place row update per step). The final partition is read from the top
+    block's start s_j after each step j: j ends a final block iff every later top starts after
+    it, so p is a block start iff min_{j ≥ p} s_j = p (a reverse cumulative min).
+    The pooled values are the ones `_extension_merges` compares: l2 means from the exact prefix
+    sums, kl log-sum-exps.
+    """
+    r, n = x.shape
+    d = x * inv_eps if kind == "rank" else x
+    d_cols = d.T  # (n, R): every per-step read and write is one contiguous row.
+    columns = lax.broadcasted_iota(jnp.int32, (r,), 0)
+    if reg == "l2":
+        hi, lo = (p.T for p in _exact_prefix_sums(d))
+
+    def rho(start, end):
+        return _rho_agg(start, (end - start).astype(d.dtype), n, kind, reg, inv_eps)
+
+    def step(carry, j):
+        below_start, below_data, top_start, top_data = carry
+        below_start = lax.dynamic_update_index_in_dim(below_start, top_start, j, 0)
+        below_data = lax.dynamic_update_index_in_dim(below_data, top_data, j, 0)
+        end = j + 1
+
+        def below(top_start, top_data):
+            start, data = below_start[top_start, columns], below_data[top_start, columns]
+            merge = (top_start > 0) & _violates(
+                data, rho(start, top_start), top_data, rho(top_start, end), kind
+            )
+            return merge, start, data, top_start, top_data
+
+        def pool(state):
+            merge, start, data, top_start, top_data = state
+            if reg == "l2":
+                union_sum = (hi[end] - hi[start, columns]) + (lo[end] - lo[start, columns])
+                union_data = union_sum / (end - start).astype(d.dtype)
+            else:
+                union_data = jnp.logaddexp(data, top_data)
+            return below(jnp.where(merge, start, top_start), jnp.where(merge, union_data, top_data))
+
+        # Every merge lowers top_start, and top_start > 0 is required: at most j merges per row,
+        # whatever the values (NaN compares false and merges nothing).
+        state = below(jnp.full_like(top_start, j), lax.dynamic_index_in_dim(d_cols, j, 0, False))
+        top_start, top_data = lax.while_loop(lambda state: jnp.any(state[0]), pool, state)[3:]
+        return (below_start, below_data, top_start, top_data), top_start
+
+    # Derived from x, like the parallel solver's carry, so that shard_map's check_vma accepts it.
+    init = (jnp.zeros_like(d_cols, jnp.int32), d_cols, jnp.zeros_like(d_cols[0], jnp.int32), d_cols[0])
+    _, tops = lax.scan(step, init, lax.iota(jnp.int32, n))
+    positions = lax.broadcasted_iota(jnp.int32, (n, r), 0)
+    is_start = (lax.cummin(tops, axis=0, reverse=True) == positions).T
+    return _block_stats(x, is_start, kind, reg, inv_eps), jnp.int32(n)
+
+
+_SOLVERS = ("auto", "parallel", "sequential")
+
+
+def _isotonic(x, kind, reg, inv_eps, solver="auto") -> tuple[_Blocks, jax.Array]:
+    """The isotonic solve: `solver` "auto" is sequential on CPU and parallel elsewhere.
+
+    Both solvers return the same partition (tests compare them); the choice is only speed. With
+    "auto" both are traced and lax.platform_dependent keeps the one for the platform the program
+    is lowered for.
+    """
+    solvers = {"parallel": _isotonic_parallel, "sequential": _isotonic_sequential}
+    if solver != "auto":
+        return solvers[solver](x, kind, reg, inv_eps)
+    return lax.platform_dependent(
+        x, inv_eps,
+        cpu=lambda x, inv_eps: _isotonic_sequential(x, kind, reg, inv_eps),
+        default=lambda x, inv_eps: _isotonic_parallel(x, kind, reg, inv_eps),
+    )
+
+
 # ----------------------------------------------------------------------------- soft operators
 
 
@@ -401,12 +488,12 @@ class _Solution(NamedTuple):
     rounds: jax.Array  # int32 scalar
 
 
-def _solve(x, inv_eps, kind, reg) -> _Solution:
+def _solve(x, inv_eps, kind, reg, solver="auto") -> _Solution:
     """Soft rank / soft sort of the rows of x (R, n), descending convention of the paper."""
     r, n = x.shape
     iota = lax.broadcasted_iota(jnp.int32, (r, n), 1)
     neg_sorted, perm = lax.sort((-x, iota), dimension=1, num_keys=1)
-    blocks, rounds = _isotonic(-neg_sorted, kind, reg, inv_eps)
+    blocks, rounds = _isotonic(-neg_sorted, kind, reg, inv_eps, solver)
     if kind == "rank":
         log_or_value = blocks.data_dev + blocks.rho_agg
         out_sorted = log_or_value if reg == "l2" else jnp.exp(log_or_value)
@@ -420,13 +507,13 @@ def _solve(x, inv_eps, kind, reg) -> _Solution:
     return _Solution(out, out_sorted, perm, inv_perm, blocks, rounds)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _soft_op(x, inv_eps, kind, reg):
-    return _solve(x, inv_eps, kind, reg).out
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _soft_op(x, inv_eps, kind, reg, solver):
+    return _solve(x, inv_eps, kind, reg, solver).out
 
 
 @_soft_op.defjvp
-def _soft_op_jvp(kind, reg, primals, tangents):
+def _soft_op_jvp(kind, reg, solver, primals, tangents):
     """Block-constant derivative, linear in the tangent of x (the tangent of ε is not used).
 
     rank: dr_sorted = c ⊙ (ds − Σ_B p ds), ds = sorted dθ / ε, c = 1 (l2) or r_sorted (kl);
@@ -434,7 +521,7 @@ def _soft_op_jvp(kind, reg, primals, tangents):
     """
     x, inv_eps = primals
     dx, _ = tangents
-    sol = _solve(x, inv_eps, kind, reg)
+    sol = _solve(x, inv_eps, kind, reg, solver)
     blocks = sol.blocks
     dx_sorted = jnp.take_along_axis(dx, sol.perm, axis=1)
     if kind == "sort":
@@ -465,9 +552,10 @@ def _finish(out, values, x):
     return out.reshape(values.shape).astype(values.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "reg"))
-def _soft_op_rows(x, inv_eps, kind, reg):
-    return _soft_op(x, inv_eps, kind, reg)
+@functools.partial(jax.jit, static_argnames=("kind", "reg", "solver"))
+def _soft_op_rows(x, inv_eps, kind, reg, solver="auto"):
+    """`solver` (see `_isotonic`) is for tests; the public operators use "auto"."""
+    return _soft_op(x, inv_eps, kind, reg, solver)
 
 
 def soft_rank(
@@ -538,7 +626,7 @@ def soft_sort(
 
 @functools.partial(jax.jit, static_argnames=("kind", "reg"))
 def _rounds_rows(x, inv_eps, kind, reg):
-    return _solve(x, inv_eps, kind, reg).rounds
+    return _solve(x, inv_eps, kind, reg, solver="parallel").rounds
 
 
 def _solver_rounds(
@@ -549,7 +637,8 @@ def _solver_rounds(
     direction: str = "ascending",
     kind: str = "rank",
 ) -> jax.Array:
-    """Number of sequential solver passes `soft_rank` (kind="rank") or `soft_sort` ("sort") makes.
+    """Number of sequential passes of the parallel solver (the one used on GPU/TPU) for
+    `soft_rank` (kind="rank") or `soft_sort` ("sort"); the CPU's sequential solver always makes n.
 
     One pass for the initial partition plus one per pooling round; over several rows, the
     largest count of any row (rows are solved together). For benchmarks and diagnostics.

@@ -6,6 +6,8 @@ scikit-learn's isotonic_regression, for kl by a sequential stack-based pool-adja
 written below (a different algorithm from the library's parallel rounds).
 """
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -350,6 +352,37 @@ def test_solver_needs_few_rounds_where_plain_rounds_would_need_many():
     np.testing.assert_allclose(
         soft_rank(jnp.asarray(x, jnp.float32))[0], ref_soft_rank(x[0], 1.0, "l2", "ascending"), atol=2e-3
     )
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "regularization", "solver"))
+def _solution(x, inv_eps, kind, regularization, solver):
+    sol = ranking._solve(x, inv_eps, kind, regularization, solver)
+    return sol.out, sol.blocks.start
+
+
+@pytest.mark.parametrize("kind", ("rank", "sort"))
+@pytest.mark.parametrize("regularization", REGULARIZATIONS)
+def test_sequential_and_parallel_solvers_give_the_same_blocks_and_values(kind, regularization):
+    # Random, tied (few distinct values) and staircase rows (runs of equal values, and a
+    # rising line against the descending order), at strengths from hard to fully pooled.
+    rng = np.random.default_rng(11)
+    n = 40
+    staircase = np.repeat(np.arange(8.0), 5)
+    x = np.stack([
+        rng.normal(size=n) * 10,
+        rng.integers(0, 4, size=n).astype(float),
+        staircase,
+        -staircase,
+        np.arange(n) + 0.3 * rng.normal(size=n),
+    ]).astype(np.float32)
+    for eps in (0.01, 0.3, 1.0, 7.0, 300.0):
+        inv_eps = jnp.float32(1.0 / eps)
+        out_p, start_p = _solution(x, inv_eps, kind, regularization, "parallel")
+        out_s, start_s = _solution(x, inv_eps, kind, regularization, "sequential")
+        np.testing.assert_array_equal(start_s, start_p, err_msg=f"eps={eps}")
+        # Same partition, same formulas; XLA fuses them differently inside and outside the
+        # parallel solver's loop, hence float32 rounding differences only.
+        np.testing.assert_allclose(out_s, out_p, rtol=2e-6, atol=2e-6, err_msg=f"eps={eps}")
 
 
 # ----------------------------------------------------------------------------- errors
