@@ -449,14 +449,13 @@ def _isotonic_sequential(x, kind, reg, inv_eps) -> tuple[_Blocks, jax.Array]:
         return (below_start, below_data, top_start, top_data), top_start
 
     # Derived from x, like the parallel solver's carry, so that shard_map's check_vma accepts it.
-    init = (jnp.zeros_like(d_cols, jnp.int32), d_cols, jnp.zeros_like(d_cols[0], jnp.int32), d_cols[0])
+    init = (
+        jnp.zeros_like(d_cols, jnp.int32), d_cols, jnp.zeros_like(d_cols[0], jnp.int32), d_cols[0]
+    )
     _, tops = lax.scan(step, init, lax.iota(jnp.int32, n))
     positions = lax.broadcasted_iota(jnp.int32, (n, r), 0)
     is_start = (lax.cummin(tops, axis=0, reverse=True) == positions).T
     return _block_stats(x, is_start, kind, reg, inv_eps), jnp.int32(n)
-
-
-_SOLVERS = ("auto", "parallel", "sequential")
 
 
 def _isotonic(x, kind, reg, inv_eps, solver="auto") -> tuple[_Blocks, jax.Array]:
@@ -489,7 +488,10 @@ class _Solution(NamedTuple):
 
 
 def _solve(x, inv_eps, kind, reg, solver="auto") -> _Solution:
-    """Soft rank / soft sort of the rows of x (R, n), descending convention of the paper."""
+    """Soft rank / soft sort of the rows of x (R, n), descending convention of the paper.
+
+    `solver` picks the isotonic solve (see `_isotonic`); only tests and benchmarks set it.
+    """
     r, n = x.shape
     iota = lax.broadcasted_iota(jnp.int32, (r, n), 1)
     neg_sorted, perm = lax.sort((-x, iota), dimension=1, num_keys=1)

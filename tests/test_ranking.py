@@ -3,7 +3,8 @@
 Reference: the soft rank / soft sort are projections onto a permutahedron, reduced after one sort
 to an isotonic problem (Blondel et al. 2020, arXiv:2002.08871): for l2 it is solved here by
 scikit-learn's isotonic_regression, for kl by a sequential stack-based pool-adjacent-violators
-written below (a different algorithm from the library's parallel rounds).
+written below in float64 NumPy (independent of the library's two solvers, which are
+compared with each other in `test_sequential_and_parallel_solvers_give_the_same_blocks_and_values`).
 """
 
 import functools
