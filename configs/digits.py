@@ -20,28 +20,19 @@ def get_config():
     config.dataset = "digits"
     config.teacher.model = "digits_cnn"
     config.student.model = "digits_student"
-    adam = dict(name="adamw", learning_rate=3e-3, weight_decay=1e-4)
     cosine = dict(name="cosine", warmup_steps=20, decay_epochs=())
-    config.teacher.train = phase_config(
+    # Teacher and student share the recipe; the student gets more epochs.
+    recipe = dict(
         batch_size=128,
-        num_epochs=15.0,
         augment=False,
         log_every=50,
         checkpoint_every=200,
         eval_every=0,
-        optimizer=adam,
+        optimizer=dict(name="adamw", learning_rate=3e-3, weight_decay=1e-4),
         schedule=cosine,
     )
-    config.student.train = phase_config(
-        batch_size=128,
-        num_epochs=30.0,
-        augment=False,
-        log_every=50,
-        checkpoint_every=200,
-        eval_every=0,
-        optimizer=adam,
-        schedule=cosine,
-    )
+    config.teacher.train = phase_config(num_epochs=15.0, **recipe)
+    config.student.train = phase_config(num_epochs=30.0, **recipe)
     config.distill.protocol = "class_unaware"
     config.distill.loss = "perception_coherence"
     config.eval.batch_size = 512

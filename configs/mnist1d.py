@@ -20,26 +20,18 @@ def get_config():
     config.dataset = "mnist1d"
     config.teacher.model = "mnist1d_cnn"
     config.student.model = "mnist1d_student"
-    adam = dict(name="adamw", learning_rate=3e-3, weight_decay=1e-4)
     cosine = dict(name="cosine", warmup_steps=50, decay_epochs=())
-    config.teacher.train = phase_config(
+    # Teacher and student share the recipe; the student gets more epochs.
+    recipe = dict(
         batch_size=128,
-        num_epochs=40.0,
         augment=False,
         log_every=100,
         checkpoint_every=500,
-        optimizer=adam,
+        optimizer=dict(name="adamw", learning_rate=3e-3, weight_decay=1e-4),
         schedule=cosine,
     )
-    config.student.train = phase_config(
-        batch_size=128,
-        num_epochs=60.0,
-        augment=False,
-        log_every=100,
-        checkpoint_every=500,
-        optimizer=adam,
-        schedule=cosine,
-    )
+    config.teacher.train = phase_config(num_epochs=40.0, **recipe)
+    config.student.train = phase_config(num_epochs=60.0, **recipe)
     config.distill.protocol = "class_unaware"
     config.distill.loss = "perception_coherence"
     config.eval.batch_size = 500
