@@ -26,11 +26,19 @@ def _batch_accuracy(logits, labels):
     return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def _apply(tx, state: TrainState, grads, model_state) -> TrainState:
+def _update(tx, schedule, state: TrainState, grads, model_state, metrics, logits, labels):
+    """Applies the optimizer; returns the next state and the step's metrics (+ the shared ones)."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return TrainState(
+    new_state = TrainState(
         state.step + 1, optax.apply_updates(state.params, updates), model_state, opt_state
     )
+    metrics = {
+        **metrics,
+        "accuracy": _batch_accuracy(logits, labels),
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": schedule(state.step),
+    }
+    return new_state, metrics
 
 
 def make_supervised_step(
@@ -58,13 +66,9 @@ def make_supervised_step(
         (loss, (model_state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
-        metrics = {
-            "loss": loss,
-            "accuracy": _batch_accuracy(logits, batch["label"]),
-            "grad_norm": optax.global_norm(grads),
-            "learning_rate": schedule(state.step),
-        }
-        return _apply(tx, state, grads, model_state), metrics
+        return _update(
+            tx, schedule, state, grads, model_state, {"loss": loss}, logits, batch["label"]
+        )
 
     return step
 
@@ -125,14 +129,9 @@ def make_distill_step(
         (loss, (model_state, terms, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
-        metrics = {
-            "loss": loss,
-            **terms,
-            "accuracy": _batch_accuracy(logits, batch["label"]),
-            "grad_norm": optax.global_norm(grads),
-            "learning_rate": schedule(state.step),
-        }
-        return _apply(tx, state, grads, model_state), metrics
+        return _update(
+            tx, schedule, state, grads, model_state, {"loss": loss, **terms}, logits, batch["label"]
+        )
 
     return step
 
