@@ -45,7 +45,7 @@ def test_callable_metric_is_applied_to_every_pair(points):
     manhattan = lambda u, v: jnp.sum(jnp.abs(u - v))  # noqa: E731
     np.testing.assert_allclose(
         pairwise_dissimilarity(x, y, metric=manhattan), distance.cdist(x, y, "cityblock"),
-        rtol=1e-6,
+        rtol=1e-5,
     )
 
 

@@ -8,6 +8,7 @@ import pytest
 from scipy.spatial import distance
 from scipy.stats import rankdata, spearmanr
 
+from float32 import assert_close
 from pcjax import losses
 from pcjax.losses import pc_score, perception_coherence_loss
 
@@ -68,9 +69,7 @@ def test_invariant_to_increasing_transform_of_teacher_dissimilarities(features):
     transformed = lambda u, v: jnp.exp(jnp.sqrt(jnp.sum((u - v) ** 2)))  # noqa: E731
     base = perception_coherence_loss(student, teacher)
     for metric in ("sqeuclidean", transformed):
-        np.testing.assert_allclose(
-            perception_coherence_loss(student, teacher, teacher_metric=metric), base, rtol=1e-6
-        )
+        assert_close(perception_coherence_loss(student, teacher, teacher_metric=metric), base)
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1e3])
@@ -114,10 +113,9 @@ def test_similar_student_has_near_zero_loss(features):
 def test_masked_loss_equals_loss_on_valid_rows(features, mask, objective, regularization):
     student, teacher = features
     options = dict(objective=objective, regularization=regularization)
-    np.testing.assert_allclose(
+    assert_close(
         perception_coherence_loss(student, teacher, mask=mask, **options),
         perception_coherence_loss(student[mask], teacher[mask], **options),
-        rtol=1e-6,
     )
 
 
@@ -127,7 +125,8 @@ def test_masked_gradient_equals_gradient_on_valid_rows_and_zero_elsewhere(featur
     garbage[~mask] = np.nan  # padded rows may hold anything
     grad = jax.grad(perception_coherence_loss)(garbage, teacher, mask=mask)
     expected = jax.grad(perception_coherence_loss)(student[mask], teacher[mask])
-    np.testing.assert_allclose(grad[mask], expected, rtol=1e-5, atol=1e-8)
+    assert_close(grad[mask], expected, rtol=1e-4)
+    # Exact: the loss reads features through jnp.where(mask, x, 0), whose gradient is 0 off the mask.
     np.testing.assert_array_equal(grad[~mask], 0.0)
 
 

@@ -64,14 +64,16 @@ def test_pc_score_with_ties_matches_scipy(features):
 def test_pc_score_is_one_up_to_rotation_translation_and_scale(features):
     _, teacher = features
     rotation, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(4, 4)))
-    np.testing.assert_allclose(metrics.pc_score(5 * teacher @ rotation + 3, teacher), 1.0, atol=1e-6)
+    # Exact ranks (the distances of these random points are far from ties even after float32
+    # rounding); the Spearman correlation itself is a float32 mean, hence atol=1e-5.
+    np.testing.assert_allclose(metrics.pc_score(5 * teacher @ rotation + 3, teacher), 1.0, atol=1e-5)
 
 
 def test_pc_score_is_minus_one_for_reversed_order(features):
     _, teacher = features
     reversed_metric = lambda u, v: -jnp.sqrt(jnp.sum((u - v) ** 2))  # noqa: E731
     np.testing.assert_allclose(
-        metrics.pc_score(teacher, teacher, student_metric=reversed_metric), -1.0, atol=1e-6
+        metrics.pc_score(teacher, teacher, student_metric=reversed_metric), -1.0, atol=1e-5
     )
 
 

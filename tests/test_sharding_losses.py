@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from float32 import assert_close
 from pcjax.losses import perception_coherence_loss
 
 B = 16
@@ -38,8 +39,10 @@ def _mesh(axis_type):
 
 
 def _assert_equal_to_single_device(result, expected):
-    np.testing.assert_allclose(result[0], expected[0], rtol=1e-6)
-    np.testing.assert_allclose(result[1], expected[1], rtol=1e-5, atol=1e-9)
+    # The sharded program sums in another order (the transpose of the all-gather is a
+    # reduce-scatter), so agreement is to float32 rounding, not to the bit.
+    assert_close(result[0], expected[0])
+    assert_close(result[1], expected[1], rtol=1e-4)
 
 
 @pytest.mark.parametrize("masked", ["unmasked", "masked"])
