@@ -38,6 +38,11 @@ kernels rather than a device-wide sync but each round's O(n) scans and segment r
 slow, the classic sequential pool-adjacent-violators (one step per position, all rows at once,
 `_isotonic_sequential`) is several times faster; both give the same partition, and
 lax.platform_dependent picks one when the program is lowered.
+
+The sort is chosen the same way. XLA's sort on CPU calls a comparator per comparison and is
+several times slower there than a bitonic sorting network made of O(log² n) elementwise passes
+over reshaped rows (`_sorting_network`), so CPU programs sort with the network and GPU/TPU
+programs with lax.sort. Both give the stable order, ties broken by position.
 """
 
 from __future__ import annotations
@@ -553,8 +558,9 @@ def _sort_rows(x: jax.Array, sorter: str = "auto") -> tuple[jax.Array, jax.Array
 
     `sorter`: "network" (`_sorting_network`), "lax" (lax.sort with a position operand) or "auto",
     which traces both and lets lax.platform_dependent keep the network on CPU and lax.sort
-    elsewhere. Both give the same perm (tests compare them); the network returns −0.0 as 0.0
-    and NaN canonicalized, which no caller can tell apart.
+    elsewhere. Both give the same perm (tests compare them). The network's values come back
+    from its keys, so −0.0 returns as 0.0 and every NaN as one NaN: equal under comparison, and
+    a row with NaN gives NaN anyway in every caller.
     """
 
     def network(x):
