@@ -397,9 +397,11 @@ def test_cpu_programs_rank_with_the_network_not_an_xla_sort():
         assert "stablehlo.sort" in traced.lower(lowering_platforms=("cuda",)).as_text(), fn.__name__
 
 
-@pytest.mark.parametrize("n", (3, 5))
-def test_values_and_grad_match_reference_at_non_power_of_two_lengths(n):
-    x = np.random.default_rng(n).permutation(2 * n).astype(np.float32)[: 2 * n].reshape(2, n) * 0.7
+def test_values_and_grad_match_reference_at_a_non_power_of_two_length():
+    # n = 5 is padded to 8 inside the CPU sorting network. Spacing 0.3 < ε pools blocks; the
+    # jitter keeps the point away from the kinks where a pool starts or ends.
+    rng = np.random.default_rng(5)
+    x = (rng.permutation(10).reshape(2, 5) * 0.3 + rng.uniform(0, 0.1, (2, 5))).astype(np.float32)
     weights = np.random.default_rng(10).normal(size=x.shape)
     loss = lambda v: jnp.sum(soft_rank(v, regularization_strength=0.6) * weights)
     np.testing.assert_allclose(
