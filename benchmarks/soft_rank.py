@@ -18,14 +18,15 @@ solver makes on that input (the largest over the rows, which are solved together
 one was timed. ott-jax and torchsort columns appear only when those packages are importable.
 
 torchsort is an optional benchmark dependency, not a dependency of pcjax. It builds a C++
-extension from source, against an installed torch (torch 2.14.1 CPU was used):
+extension from source against the installed torch (torch 2.14.1 here, run on CPU):
 
     pip install torch
     PATH=$VIRTUAL_ENV/bin:/usr/bin:/bin pip install --no-build-isolation torchsort
 
-torchsort also builds its CUDA kernel when any `nvcc` is on PATH (a stub is enough), which fails
-without a CUDA toolchain matching torch: check that `PATH=$VIRTUAL_ENV/bin:/usr/bin:/bin which -a
-nvcc` prints nothing and that CUDA_HOME is unset (`env -u CUDA_HOME ...`) before building.
+torchsort also tries to build its CUDA kernel when it finds any `nvcc` on PATH (a stub is
+enough), hence the PATH above: check that `PATH=$VIRTUAL_ENV/bin:/usr/bin:/bin which -a nvcc`
+prints nothing and that CUDA_HOME is unset (`env -u CUDA_HOME ...`) before building. The build
+above gave torchsort 0.1.10 with its CPU kernel only.
 """
 
 import argparse
