@@ -2,33 +2,55 @@
 
     python benchmarks/soft_rank.py            # all shapes (a few minutes on 2 CPU cores)
     python benchmarks/soft_rank.py --quick    # (256, 255) and (1024, 1023) only
+    python benchmarks/soft_rank.py --sorts    # the CPU sorting network against lax.sort
+    python benchmarks/soft_rank.py --rankdata # pcjax.rank against jax.scipy.stats.rankdata
 
 Input: B rows of n standard-normal values scaled to rank units (std of the ranks 1..n), the
 scaling pcjax.perception_coherence_loss applies before its soft rank, with ε = 1 (its default):
 the regime the loss runs in. Every timing is the median of several runs after a warm-up, with
 block_until_ready, all in this process; "fwd+bwd" is jax.grad of sum(op(x) * w) for a fixed
-random w (a VJP with a dense cotangent). soft_rank's isotonic solve is the sequential
-pool-adjacent-violators on CPU and the parallel-rounds solver on GPU/TPU (the output says which
-one was timed); "rounds" is the number of sequential O(n) passes the parallel solver makes on
-that input (the largest over the rows, which are solved together), whichever one was timed.
-ott-jax and torchsort columns appear only when those packages are importable.
+random w (a VJP with a dense cotangent), and the torchsort column times the same workload,
+torchsort.soft_rank(x) * w summed and backpropagated, with the same warm-up and runs.
+soft_rank's sort is a bitonic sorting network on CPU and lax.sort on GPU/TPU; its isotonic solve
+is the sequential pool-adjacent-violators on CPU and the parallel-rounds solver on GPU/TPU (the
+output says which one was timed); "rounds" is the number of sequential O(n) passes the parallel
+solver makes on that input (the largest over the rows, which are solved together), whichever
+one was timed. ott-jax and torchsort columns appear only when those packages are importable.
+
+torchsort is an optional benchmark dependency, not a dependency of pcjax. It builds a C++
+extension from source against the installed torch (torch 2.14.1 here, run on CPU):
+
+    pip install torch
+    PATH=$VIRTUAL_ENV/bin:/usr/bin:/bin pip install --no-build-isolation torchsort
+
+torchsort also tries to build its CUDA kernel when it finds any `nvcc` on PATH (a stub is
+enough), hence the PATH above: check that `PATH=$VIRTUAL_ENV/bin:/usr/bin:/bin which -a nvcc`
+prints nothing and that CUDA_HOME is unset (`env -u CUDA_HOME ...`) before building. The build
+above gave torchsort 0.1.10 with its CPU kernel only.
 """
 
 import argparse
+import importlib.metadata
 import importlib.util
 import os
+import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import jax.scipy.stats  # noqa: E402
 import numpy as np  # noqa: E402
 from _timing import median_seconds  # noqa: E402
 
 from pcjax import ranking  # noqa: E402
 
 SHAPES = ((256, 255), (1024, 1023), (4096, 4095))
+SORT_SHAPES = (
+    (4096, 8), (1024, 64), (256, 255), (1024, 1023), (4096, 4095), (64, 16383), (4, 262143)
+)
 STRENGTH = 1.0
 
 
@@ -51,11 +73,8 @@ def ott_ranks():
     return lambda x: soft_sort.ranks(x, axis=-1, epsilon=STRENGTH)
 
 
-def torchsort_seconds(x, w, runs):
-    if importlib.util.find_spec("torchsort") is None:
-        return None
-    import time
-
+def torchsort_seconds(x, w, runs, warmup):
+    """Median seconds of torchsort's soft_rank forward + backward, the workload of `fwd_bwd`."""
     import torch
     import torchsort
 
@@ -66,44 +85,44 @@ def torchsort_seconds(x, w, runs):
         xt.grad = None
         (torchsort.soft_rank(xt, regularization_strength=STRENGTH) * wt).sum().backward()
 
-    step()
+    for _ in range(warmup):
+        step()
     times = []
     for _ in range(runs):
         begin = time.perf_counter()
         step()
         times.append(time.perf_counter() - begin)
-    return float(np.median(times))
+    return statistics.median(times)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="skip (4096, 4095)")
-    parser.add_argument("--runs", type=int, default=5)
-    # One warm-up call compiles; the first few calls after it still run slower (seen: 19 against
-    # 16 ms for soft_rank at (256, 255)), hence a few more before timing.
-    parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args()
-    shapes = SHAPES[:2] if args.quick else SHAPES
-
+def soft_rank_table(shapes, args):
     soft = fwd_bwd(lambda x: ranking.soft_rank(x, regularization_strength=STRENGTH))
     hard = fwd_bwd(jnp.sort)
     ott = ott_ranks()
     ott_fn = fwd_bwd(ott) if ott is not None else None
+    has_torchsort = importlib.util.find_spec("torchsort") is not None
 
     backend = jax.default_backend()
     solver = "sequential (one step per position)" if backend == "cpu" else "parallel rounds"
-    print(f"jax {jax.__version__}, backend {backend}, {os.cpu_count()} CPU cores")
-    print(f"soft_rank timed with the {solver} isotonic solver.")
+    sort = "a sorting network" if backend == "cpu" else "lax.sort"
+    print(f"soft_rank timed with {sort} and the {solver} isotonic solver.")
     print("rounds: sequential passes of the parallel solver (the one used on GPU/TPU).")
+    if has_torchsort:
+        import torch
+
+        if args.torch_threads is not None:
+            torch.set_num_threads(args.torch_threads)
+        print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), torchsort "
+              f"{importlib.metadata.version('torchsort')}; ratio: soft_rank / torchsort.")
     print()
     header = "| shape | soft_rank fwd+bwd (ms) | jnp.sort fwd+bwd (ms) | ratio | rounds l2 / kl |"
     rule = "|---|---|---|---|---|"
     if ott_fn is not None:
         header += " ott-jax ranks (ms) |"
         rule += "---|"
-    if importlib.util.find_spec("torchsort") is not None:
-        header += " torchsort (ms) |"
-        rule += "---|"
+    if has_torchsort:
+        header += " torchsort (ms) | soft_rank / torchsort |"
+        rule += "---|---|"
     print(header)
     print(rule)
     for shape in shapes:
@@ -121,10 +140,69 @@ def main():
         )
         if ott_fn is not None:
             row += f" {median_seconds(ott_fn, x, w, runs=args.runs, warmup=args.warmup) * 1e3:.1f} |"
-        t_torch = torchsort_seconds(x, w, args.runs)
-        if t_torch is not None:
-            row += f" {t_torch * 1e3:.1f} |"
+        if has_torchsort:
+            t_torch = torchsort_seconds(x, w, args.runs, args.warmup)
+            row += f" {t_torch * 1e3:.1f} | {t_soft / t_torch:.2f} |"
         print(row, flush=True)
+
+
+def sort_table(args):
+    """The sort inside soft_rank and rank on this backend: the network against lax.sort."""
+    network = jax.jit(lambda x: ranking._sort_rows(x, "network"))
+    lax_sort = jax.jit(lambda x: ranking._sort_rows(x, "lax"))
+    print("Stable sort with positions of every row (values and permutation), forward only.")
+    print()
+    print("| shape | sorting network (ms) | lax.sort (ms) | network / lax.sort |")
+    print("|---|---|---|---|")
+    for shape in SORT_SHAPES:
+        x = rank_unit_rows(shape)
+        if not np.array_equal(network(x)[1], lax_sort(x)[1]):
+            raise AssertionError(f"the network and lax.sort disagree at {shape}")
+        t_net = median_seconds(network, x, runs=args.runs, warmup=args.warmup)
+        t_lax = median_seconds(lax_sort, x, runs=args.runs, warmup=args.warmup)
+        print(f"| {shape} | {t_net * 1e3:.2f} | {t_lax * 1e3:.2f} | {t_net / t_lax:.2f} |", flush=True)
+
+
+def rankdata_table(shapes, args):
+    """pcjax.rank against jax.scipy.stats.rankdata (method="average"): values, then speed."""
+    ours = jax.jit(ranking.rank)
+    scipy_like = jax.jit(lambda x: jax.scipy.stats.rankdata(x, method="average", axis=-1))
+    print("Hard ranks with ties averaged, forward only; inputs rounded to 1/4 so that rows tie.")
+    print()
+    print("| shape | pcjax.rank (ms) | jax.scipy.stats.rankdata (ms) | rank / rankdata | same values |")
+    print("|---|---|---|---|---|")
+    for shape in shapes:
+        x = jnp.round(rank_unit_rows(shape) * 4) / 4
+        same = np.array_equal(ours(x), scipy_like(x))
+        t_ours = median_seconds(ours, x, runs=args.runs, warmup=args.warmup)
+        t_scipy = median_seconds(scipy_like, x, runs=args.runs, warmup=args.warmup)
+        print(f"| {shape} | {t_ours * 1e3:.2f} | {t_scipy * 1e3:.2f} | {t_ours / t_scipy:.2f} | {same} |",
+              flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="skip (4096, 4095)")
+    parser.add_argument("--sorts", action="store_true", help="time the sort alone instead")
+    parser.add_argument("--rankdata", action="store_true", help="time pcjax.rank and rankdata instead")
+    parser.add_argument(
+        "--torch-threads", type=int, default=None,
+        help="torch.set_num_threads for the torchsort column (default: torch's own choice)",
+    )
+    parser.add_argument("--runs", type=int, default=5)
+    # One warm-up call compiles; the first few calls after it still run slower (seen: 19 against
+    # 16 ms for soft_rank at (256, 255)), hence a few more before timing.
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    shapes = SHAPES[:2] if args.quick else SHAPES
+
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPU cores")
+    if args.sorts:
+        sort_table(args)
+    elif args.rankdata:
+        rankdata_table(shapes, args)
+    else:
+        soft_rank_table(shapes, args)
 
 
 if __name__ == "__main__":

@@ -339,6 +339,93 @@ def test_rank_nan_row_gives_nan_row_only():
     np.testing.assert_array_equal(got[1], [3.0, 1.0, 2.0])
 
 
+# ----------------------------------------------------------------------------- sorting network
+
+_SPECIAL = np.array([3e38, -3e38, np.inf, -np.inf, -0.0, 0.0, np.nan, 1.0, -np.nan, 1.0], np.float32)
+
+
+def _network_rows(n):
+    """Random, tied, constant and extreme rows (±3e38, ±inf, ±0, NaN of both signs) of length n."""
+    rng = np.random.default_rng(n)
+    return np.stack([
+        rng.normal(size=n),
+        rng.integers(0, 3, size=n),
+        np.full(n, 2.0),
+        np.resize(_SPECIAL, n),
+        np.resize(_SPECIAL[::-1], n),
+        rng.permutation(np.resize(_SPECIAL, n)),
+    ]).astype(np.float32)
+
+
+_network_sort = jax.jit(functools.partial(ranking._sort_rows, sorter="network"))
+_lax_sort = jax.jit(functools.partial(ranking._sort_rows, sorter="lax"))
+
+
+@pytest.mark.parametrize("n", (1, 2, 3, 5, 8, 13, 33))
+def test_sorting_network_is_the_stable_sort_of_lax_sort_and_numpy(n):
+    # Permutations are exact, so they are compared for equality: NumPy's stable argsort and
+    # lax.sort both order NaN last and keep −0.0 and 0.0 tied in input order.
+    x = _network_rows(n)
+    values, perm = _network_sort(x)
+    want = np.argsort(x, axis=1, kind="stable")
+    np.testing.assert_array_equal(perm, want)
+    np.testing.assert_array_equal(perm, _lax_sort(x)[1])
+    np.testing.assert_array_equal(values, np.take_along_axis(x, want, axis=1))
+
+
+def test_sorting_network_on_integers_booleans_and_bfloat16():
+    # The largest int32 ties with the padding (n = 6 is padded to 8) and must still sort first.
+    big = np.iinfo(np.int32).max
+    ints = np.array([[big, 3, -big - 1, big, 3, 0], [5, 4, 3, 2, 1, 0]], np.int32)
+    for x in (ints, ints > 2, jnp.asarray(_network_rows(6), jnp.bfloat16)):
+        values, perm = _network_sort(x)
+        as_numpy = np.asarray(x, np.float32) if x.dtype == jnp.bfloat16 else np.asarray(x)
+        want = np.argsort(as_numpy, axis=1, kind="stable")
+        np.testing.assert_array_equal(perm, want)
+        assert values.dtype == x.dtype
+        np.testing.assert_array_equal(
+            np.asarray(values, as_numpy.dtype), np.take_along_axis(as_numpy, want, axis=1)
+        )
+
+
+def test_cpu_programs_rank_with_the_network_not_an_xla_sort():
+    # lax.platform_dependent keeps one branch per platform when the program is lowered.
+    for fn in (soft_rank, soft_sort, rank):
+        traced = jax.jit(fn).trace(jnp.ones((2, 5)))
+        assert "stablehlo.sort" not in traced.lower().as_text(), fn.__name__
+        assert "stablehlo.sort" in traced.lower(lowering_platforms=("cuda",)).as_text(), fn.__name__
+
+
+def test_values_and_grad_match_reference_at_a_non_power_of_two_length():
+    # n = 5 is padded to 8 inside the CPU sorting network. Spacing 0.3 < ε pools blocks; the
+    # jitter keeps the point away from the kinks where a pool starts or ends.
+    rng = np.random.default_rng(5)
+    x = (rng.permutation(10).reshape(2, 5) * 0.3 + rng.uniform(0, 0.1, (2, 5))).astype(np.float32)
+    weights = np.random.default_rng(10).normal(size=x.shape)
+    loss = lambda v: jnp.sum(soft_rank(v, regularization_strength=0.6) * weights)
+    np.testing.assert_allclose(
+        soft_rank(x, regularization_strength=0.6), ref_rows("rank", x, 0.6, "l2", "ascending"),
+        rtol=2e-5, atol=2e-5,
+    )
+    want = np.zeros(x.shape)
+    for index in np.ndindex(x.shape):
+        basis = np.zeros(x.shape)
+        basis[index] = 1.0
+        want[index] = np.sum(_reference_jvp("rank", x, basis, 0.6, "l2", "ascending") * weights)
+    np.testing.assert_allclose(jax.grad(loss)(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_ranks_of_extreme_values_match_rankdata():
+    finite = np.array([3e38, -3e38, 0.0, -0.0, 3e38, 1e38, -1e38], np.float32)
+    x = np.stack([np.resize(_SPECIAL[~np.isnan(_SPECIAL)], 7), finite])
+    # Ranks of up to 7 elements are small integers or halves: exact in float32.
+    np.testing.assert_array_equal(rank(x), rankdata(x, method="average", axis=-1))
+    # Gaps of at least 1e38 are 10 strengths wide: the soft rank is hard (ties averaged).
+    np.testing.assert_allclose(
+        soft_rank(finite, regularization_strength=1e37), rankdata(finite, method="average"), rtol=1e-6
+    )
+
+
 # ----------------------------------------------------------------------------- solver rounds
 
 
@@ -417,3 +504,13 @@ def test_bad_values_raise_value_error():
         rank(jnp.float32(1.0))
     with pytest.raises(ValueError, match="direction"):
         rank(jnp.ones(3), direction="sideways")
+
+
+def test_empty_input_gives_empty_output_of_the_same_shape():
+    for shape in ((3, 0), (0, 4), (2, 0, 3)):
+        x = jnp.ones(shape, jnp.bfloat16)
+        for op in (soft_rank, soft_sort, rank):
+            got = op(x)
+            assert got.shape == shape and got.dtype == x.dtype, (op.__name__, shape)
+        grad = jax.grad(lambda v: jnp.sum(soft_rank(v)))(jnp.ones(shape))
+        assert grad.shape == shape
