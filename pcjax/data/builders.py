@@ -26,24 +26,25 @@ import random
 import numpy as np
 import tensorflow_datasets as tfds
 
-_DIGITS_TEST_EVERY = 5
+HOLDOUT_EVERY = 5
 
 
-def digits_split(labels: np.ndarray) -> np.ndarray:
-    """Boolean test mask for the fixed digits split.
+def stratified_holdout(labels: np.ndarray, every: int = HOLDOUT_EVERY) -> np.ndarray:
+    """Boolean test mask of a fixed, RNG-free stratified split (digits; image folders).
 
     Args:
       labels: (N,) integer class labels in dataset order.
+      every: one example of every `every` of each class is held out.
 
     Returns:
       (N,) bool, True for the examples of the "test" split: within each class, the examples at
-      within-class positions 4, 9, 14, ... (every fifth, in dataset order).
+      within-class positions every - 1, 2 every - 1, ... (in dataset order).
     """
     labels = np.asarray(labels)
     is_test = np.zeros(labels.shape, bool)
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        is_test[members[_DIGITS_TEST_EVERY - 1 :: _DIGITS_TEST_EVERY]] = True
+        is_test[members[every - 1 :: every]] = True
     return is_test
 
 
@@ -85,7 +86,7 @@ class Digits(_OfflineBuilder):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        is_test = digits_split(digits.target)
+        is_test = stratified_holdout(digits.target)
         return {
             "train": self._generate_examples(digits.images, digits.target, ~is_test),
             "test": self._generate_examples(digits.images, digits.target, is_test),
