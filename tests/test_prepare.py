@@ -6,6 +6,8 @@ written with Pillow. Both are prepared once per module into a temporary data dir
 `tfds.data_source`, and trained on by a short `train.py` job each.
 """
 
+import dataclasses
+import hashlib
 import io
 import os
 import pickle
@@ -218,6 +220,22 @@ def test_offline_download_says_to_pass_the_archive(tmp_path, monkeypatch):
     assert "\n" not in message
     assert prepare.CIFAR["cifar100"].url in message and "--archive PATH" in message
     assert not os.listdir(tmp_path / "downloads")  # no partial download left behind
+
+
+def test_download_checks_the_md5_and_prepares_from_the_downloaded_archive(tmp_path, monkeypatch):
+    archive = tmp_path / "served.tar.gz"
+    write_archive(archive, "cifar10", rng=np.random.default_rng(3))
+    payload = archive.read_bytes()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(payload))
+    layout = prepare.CIFAR["cifar10"]
+    with pytest.raises(prepare.PrepareError, match=f"has md5 .*, expected {layout.md5}"):
+        prepare.prepare_cifar("cifar10", data_dir=tmp_path / "tfds")
+    assert not os.listdir(tmp_path / "tfds" / "downloads")  # the bad download is removed
+    md5 = hashlib.md5(payload).hexdigest()
+    monkeypatch.setitem(prepare.CIFAR, "cifar10", dataclasses.replace(layout, md5=md5))
+    prepare.prepare_cifar("cifar10", data_dir=tmp_path / "tfds")
+    assert (tmp_path / "tfds" / "downloads" / "cifar-10-python.tar.gz").read_bytes() == payload
+    assert len(data.source("cifar10", "test", data_dir=tmp_path / "tfds")) == SIZES["cifar10"][1]
 
 
 def _shape_edit(member, content):

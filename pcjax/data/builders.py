@@ -48,16 +48,17 @@ def stratified_holdout(labels: np.ndarray, every: int = HOLDOUT_EVERY) -> np.nda
     return is_test
 
 
-class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A builder whose data come from an installed package: no URLs, no checksums file."""
+class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder whose data are already on this machine (an installed package, an archive, a
+    folder): no URLs, no checksums file."""
 
     # TFDS looks for a checksums file beside the builder's code; locating the code of a package
-    # installed in editable mode needs the optional `importlib_resources`. There is nothing to
-    # download, so there are no checksums to look up.
+    # installed in editable mode needs the optional `importlib_resources`. TFDS downloads nothing
+    # here, so there are no checksums to look up.
     url_infos = None
 
 
-class Digits(_OfflineBuilder):
+class Digits(OfflineBuilder):
     """scikit-learn's 8x8 handwritten digits as a TFDS dataset."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -98,7 +99,7 @@ class Digits(_OfflineBuilder):
             yield int(i), {"image": image, "label": int(labels[i]), "index": int(i)}
 
 
-class Mnist1d(_OfflineBuilder):
+class Mnist1d(OfflineBuilder):
     """MNIST-1D generated locally with the `mnist1d` package's default arguments."""
 
     VERSION = tfds.core.Version("1.0.0")

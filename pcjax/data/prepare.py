@@ -247,7 +247,7 @@ def _png(image: np.ndarray | Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-class _FromArchive(builders._OfflineBuilder, skip_registration=True):
+class _FromArchive(builders.OfflineBuilder, skip_registration=True):
     """TFDS's own CIFAR builder (its `_info`: features, version, description) fed from the
     python-version archive instead of the binary one, which it would download with TensorFlow."""
 
@@ -475,7 +475,7 @@ def load_image(path: str, image_size: int | None) -> tuple[bytes, np.ndarray]:
     return _png(rgb), np.asarray(rgb)
 
 
-class _Folder(builders._OfflineBuilder, skip_registration=True):
+class _Folder(builders.OfflineBuilder, skip_registration=True):
     """An image folder as a TFDS dataset; `folder_builder` names it."""
 
     VERSION = tfds.core.Version("1.0.0")
