@@ -148,7 +148,7 @@ def test_digits_split_is_disjoint_stratified_and_sized_as_the_spec(digits_source
 
 def test_digits_spec_normalization_is_the_train_split_statistics():
     reference = load_digits()
-    train = reference.images[~builders.digits_split(reference.target)] / 16.0
+    train = reference.images[~builders.stratified_holdout(reference.target)] / 16.0
     spec = data.spec("digits")
     assert spec.mean[0] == pytest.approx(train.mean(), abs=1e-4)
     assert spec.std[0] == pytest.approx(train.std(), abs=1e-4)

@@ -26,37 +26,39 @@ import random
 import numpy as np
 import tensorflow_datasets as tfds
 
-_DIGITS_TEST_EVERY = 5
+HOLDOUT_EVERY = 5
 
 
-def digits_split(labels: np.ndarray) -> np.ndarray:
-    """Boolean test mask for the fixed digits split.
+def stratified_holdout(labels: np.ndarray, every: int = HOLDOUT_EVERY) -> np.ndarray:
+    """Boolean test mask of a fixed, RNG-free stratified split (digits; image folders).
 
     Args:
       labels: (N,) integer class labels in dataset order.
+      every: one example of every `every` of each class is held out.
 
     Returns:
       (N,) bool, True for the examples of the "test" split: within each class, the examples at
-      within-class positions 4, 9, 14, ... (every fifth, in dataset order).
+      within-class positions every - 1, 2 every - 1, ... (in dataset order).
     """
     labels = np.asarray(labels)
     is_test = np.zeros(labels.shape, bool)
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        is_test[members[_DIGITS_TEST_EVERY - 1 :: _DIGITS_TEST_EVERY]] = True
+        is_test[members[every - 1 :: every]] = True
     return is_test
 
 
-class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A builder whose data come from an installed package: no URLs, no checksums file."""
+class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder whose data are already on this machine (an installed package, an archive, a
+    folder): no URLs, no checksums file."""
 
     # TFDS looks for a checksums file beside the builder's code; locating the code of a package
-    # installed in editable mode needs the optional `importlib_resources`. There is nothing to
-    # download, so there are no checksums to look up.
+    # installed in editable mode needs the optional `importlib_resources`. TFDS downloads nothing
+    # here, so there are no checksums to look up.
     url_infos = None
 
 
-class Digits(_OfflineBuilder):
+class Digits(OfflineBuilder):
     """scikit-learn's 8x8 handwritten digits as a TFDS dataset."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -85,7 +87,7 @@ class Digits(_OfflineBuilder):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        is_test = digits_split(digits.target)
+        is_test = stratified_holdout(digits.target)
         return {
             "train": self._generate_examples(digits.images, digits.target, ~is_test),
             "test": self._generate_examples(digits.images, digits.target, is_test),
@@ -97,7 +99,7 @@ class Digits(_OfflineBuilder):
             yield int(i), {"image": image, "label": int(labels[i]), "index": int(i)}
 
 
-class Mnist1d(_OfflineBuilder):
+class Mnist1d(OfflineBuilder):
     """MNIST-1D generated locally with the `mnist1d` package's default arguments."""
 
     VERSION = tfds.core.Version("1.0.0")

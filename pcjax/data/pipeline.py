@@ -84,7 +84,7 @@ def train_batches(
     """
     _check_int("seed", seed, lower=0, upper=_MAX_SEED)
     _check_int("start_step", start_step, lower=0)
-    dataset_spec = spec(name)
+    dataset_spec = spec(name, data_dir=data_dir)
     examples = source(name, split, data_dir=data_dir)
     if len(examples) == 0:
         raise ValueError(f"Split {split!r} of {name!r} is empty.")
@@ -127,7 +127,7 @@ def eval_batches(
       ceil(N / B) batches {"image": float32 (B, *image_shape), "label": int32 (B,),
       "mask": bool (B,)}; `mask` is False exactly on the padding rows of the last batch.
     """
-    dataset_spec = spec(name)
+    dataset_spec = spec(name, data_dir=data_dir)
     examples = source(name, split, data_dir=data_dir)
     rows = _process_rows(global_batch_size, mesh)
     num_steps = math.ceil(len(examples) / global_batch_size)

@@ -4,7 +4,8 @@ Data dir resolution: the `data_dir` argument, else the TFDS_DATA_DIR environment
 ~/tensorflow_datasets (TFDS's own default).
 
 digits and mnist1d are built into the data dir on first use (a few seconds) and reused afterwards.
-cifar10, cifar100 and imagenet2012 must already be prepared there as array_record; otherwise
+cifar10, cifar100, imagenet2012 and image folder datasets must already be prepared there as
+array_record (`python -m pcjax.data.prepare` prepares CIFAR and image folders); otherwise
 `DatasetNotFoundError` is raised at once, naming the dataset, the directory and the command that
 prepares it.
 """
@@ -19,10 +20,12 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from pcjax.data import builders  # noqa: F401  (registers "digits" and "mnist1d" with TFDS)
-from pcjax.data.specs import spec
+from pcjax.data.specs import DatasetSpec, spec
 
 _BUILD_LOCK = threading.Lock()
 _FORMAT = tfds.core.FileFormat.ARRAY_RECORD
+# Key of the spec that `pcjax.data.prepare folder` stores in a dataset's TFDS metadata.
+FOLDER_METADATA = "pcjax_folder"
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -57,16 +60,50 @@ def source(
       DatasetNotFoundError: `name` is not a locally built dataset and is not prepared in
         `data_dir` as array_record.
     """
-    dataset_spec = spec(name)
+    dataset_spec = spec(name, data_dir=data_dir)
     data_dir = resolve_data_dir(data_dir)
     builder = tfds.builder(name, data_dir=data_dir, try_gcs=False, file_format=_FORMAT)
     if dataset_spec.local:
         _build_once(builder)
     else:
-        _check_prepared(builder, data_dir)
+        _check_prepared(builder, data_dir, dataset_spec.prepare_command)
     # `builder.as_data_source` reads prepared files only, whereas `tfds.data_source` may start a
     # download: that must never happen here.
     return builder.as_data_source(split=split, file_format=_FORMAT)
+
+
+def folder_spec(name: str, data_dir: str | os.PathLike | None) -> DatasetSpec | None:
+    """The spec of the image folder dataset `name` prepared in `data_dir`, else None.
+
+    `python -m pcjax.data.prepare folder` stores what the spec needs beyond TFDS's own dataset info
+    (model input shape, augmentation, per-channel statistics) in the dataset's metadata.
+    """
+    data_dir = resolve_data_dir(data_dir)
+    try:
+        # A name that no TFDS builder registers is read from its prepared files, if any.
+        builder = tfds.builder(name, data_dir=data_dir, try_gcs=False, file_format=_FORMAT)
+    except (tfds.core.DatasetNotFoundError, ValueError):
+        return None
+    stored = (builder.info.metadata or {}).get(FOLDER_METADATA)
+    if stored is None:
+        return None
+    return DatasetSpec(
+        name=name,
+        num_classes=builder.info.features["label"].num_classes,
+        image_shape=tuple(stored["image_shape"]),
+        splits={split: info.num_examples for split, info in builder.info.splits.items()},
+        train_split="train",
+        eval_split="test",
+        mean=tuple(stored["mean"]),
+        std=tuple(stored["std"]),
+        pixel_scale=255.0,
+        augmentation=stored["augmentation"],
+        local=False,
+        prepare_command=(
+            f"python -m pcjax.data.prepare folder --dir {stored['dir']} --name {name} "
+            "--data_dir={data_dir}"
+        ),
+    )
 
 
 def _build_once(builder: tfds.core.DatasetBuilder) -> None:
@@ -92,9 +129,8 @@ def _build_once(builder: tfds.core.DatasetBuilder) -> None:
                 raise
 
 
-def _check_prepared(builder: tfds.core.DatasetBuilder, data_dir: str) -> None:
-    dataset_spec = spec(builder.name)
-    command = dataset_spec.prepare_command.format(data_dir=data_dir)
+def _check_prepared(builder: tfds.core.DatasetBuilder, data_dir: str, prepare_command: str) -> None:
+    command = prepare_command.format(data_dir=data_dir)
     if not builder.is_prepared():
         raise DatasetNotFoundError(
             f"Dataset {builder.name!r} is not prepared: no TFDS data in {builder.data_dir} "

@@ -8,12 +8,15 @@ Images reach the models as float32, channels last, normalized per channel:
 are the per-channel statistics of the training images in [0, 1] used throughout the distillation
 literature (CIFAR-100: RepDistiller, Tian et al., ICLR 2020; ImageNet: the torchvision constants).
 For digits they are the training split's pixel statistics (a test recomputes them); mnist1d is
-already standardized by its generator (mean 0, std 1 over the whole dataset).
+already standardized by its generator (mean 0, std 1 over the whole dataset). Image folder
+datasets (`python -m pcjax.data.prepare folder`) carry their own spec in the data dir: classes,
+shapes, augmentation and the training images' per-channel statistics, computed when prepared.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Literal
 
@@ -57,11 +60,16 @@ class DatasetSpec:
     prepare_command: str | None = None
 
 
-# Preparing CIFAR/ImageNet needs TensorFlow and internet access (the `tfds` command line imports
-# TensorFlow); it is done once, on any machine, and the data dir is then copied where jobs run.
+# ImageNet's builder needs TensorFlow (the `tfds` command line imports it); it is run once, on any
+# machine, and the data dir is then copied where jobs run. CIFAR is prepared by pcjax itself
+# (`pcjax.data.prepare`), so TFDS's own build is only offered second.
 _TFDS_BUILD = (
     "pip install tensorflow tensorflow-datasets && "
     "tfds build {name} --data_dir={{data_dir}} --file_format=array_record"
+)
+_PREPARE_CIFAR = (
+    "python -m pcjax.data.prepare {name} --data_dir={{data_dir}} (offline: add --archive "
+    "PATH/{name_dash}-python.tar.gz, copied from a machine with internet), or: " + _TFDS_BUILD
 )
 
 _SPECS: dict[str, DatasetSpec] = {
@@ -103,7 +111,7 @@ _SPECS: dict[str, DatasetSpec] = {
         pixel_scale=255.0,
         augmentation="cifar",
         local=False,
-        prepare_command=_TFDS_BUILD.format(name="cifar10"),
+        prepare_command=_PREPARE_CIFAR.format(name="cifar10", name_dash="cifar-10"),
     ),
     "cifar100": DatasetSpec(
         name="cifar100",
@@ -117,7 +125,7 @@ _SPECS: dict[str, DatasetSpec] = {
         pixel_scale=255.0,
         augmentation="cifar",
         local=False,
-        prepare_command=_TFDS_BUILD.format(name="cifar100"),
+        prepare_command=_PREPARE_CIFAR.format(name="cifar100", name_dash="cifar-100"),
     ),
     "imagenet2012": DatasetSpec(
         name="imagenet2012",
@@ -146,9 +154,29 @@ def names() -> tuple[str, ...]:
     return tuple(_SPECS)
 
 
-def spec(name: str) -> DatasetSpec:
-    """The `DatasetSpec` of dataset `name` (one of `names()`)."""
-    try:
+def spec(name: str, *, data_dir: str | os.PathLike | None = None) -> DatasetSpec:
+    """The `DatasetSpec` of dataset `name`.
+
+    Args:
+      name: one of `names()`, or an image folder dataset prepared in `data_dir` by
+        `python -m pcjax.data.prepare folder` (its spec is read from what was prepared).
+      data_dir: the TFDS data dir (default: `pcjax.data.default_data_dir()`); only folder
+        datasets depend on it.
+
+    Raises:
+      ValueError: `name` is neither a supported dataset nor a folder dataset prepared in
+        `data_dir`.
+    """
+    if name in _SPECS:
         return _SPECS[name]
-    except KeyError:
-        raise ValueError(f"Unknown dataset {name!r}; expected one of {names()}.") from None
+    # Imported here: specs stay importable without TFDS, and sources imports this module.
+    from pcjax.data import sources
+
+    prepared = sources.folder_spec(name, data_dir)
+    if prepared is None:
+        raise ValueError(
+            f"Unknown dataset {name!r}; expected one of {names()}, or an image folder dataset "
+            f"prepared in {sources.resolve_data_dir(data_dir)} with: python -m "
+            f"pcjax.data.prepare folder --dir DIR --name {name}"
+        )
+    return prepared

@@ -6,7 +6,8 @@ training phase):
 
   name              run name; the default workdir is ``./workdir/<name>``
   seed              seeds init, data order and per-step rng (``fold_in(key, step)``)
-  dataset           a ``pcjax.data`` dataset name; ``data_dir`` ("" = the pipeline's default)
+  dataset           a ``pcjax.data`` dataset name, or an image folder dataset prepared in
+                    ``data_dir`` ("" = the pipeline's default) by ``python -m pcjax.data.prepare``
   train_split, eval_split
                     TFDS split strings ("train", "test", "train[:90%]", ...)
   distributed       call ``jax.distributed.initialize()`` first (also done when the
@@ -187,7 +188,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     from pcjax import data, losses, models  # Registries; imported late so schema-only use is light.
 
     try:
-        data.spec(config.dataset)
+        data.spec(config.dataset, data_dir=config.data_dir or None)
     except (KeyError, ValueError) as e:
         _fail("dataset", f"unknown dataset {config.dataset!r} ({e})")
     known_models = models.names()

@@ -73,7 +73,7 @@ class Context:
 
     @property
     def num_classes(self) -> int:
-        return data.spec(self.config.dataset).num_classes
+        return data.spec(self.config.dataset, data_dir=self.data_dir).num_classes
 
     def eval_batches(self, split: str):
         return data.eval_batches(
@@ -253,7 +253,7 @@ def _concrete_rng_state(model_fn: Callable, ctx: Context):
 
 def teacher_fn(cfg: ml_collections.ConfigDict) -> Callable[[], nnx.Module]:
     """Builds the teacher network (seeded by ``cfg.seed``)."""
-    num_classes = data.spec(cfg.dataset).num_classes
+    num_classes = data.spec(cfg.dataset, data_dir=cfg.data_dir or None).num_classes
     return lambda: models.create(
         cfg.teacher.model, num_classes=num_classes, rngs=nnx.Rngs(cfg.seed)
     )
@@ -271,7 +271,7 @@ def student_fn(cfg: ml_collections.ConfigDict) -> Callable[[], state_lib.Student
     sizes are read from the models' output shapes (``nnx.eval_shape``, nothing is computed).
     """
     spec = losses.get(cfg.distill.loss)
-    dataset = data.spec(cfg.dataset)
+    dataset = data.spec(cfg.dataset, data_dir=cfg.data_dir or None)
     net_fn = lambda: models.create(
         cfg.student.model, num_classes=dataset.num_classes, rngs=nnx.Rngs(cfg.seed + 1)
     )
