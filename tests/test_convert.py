@@ -319,12 +319,15 @@ def test_missing_extra_and_misshapen_tensors_are_all_named_in_one_error(resnet8_
     del broken["layer1.0.conv1.weight"]
     broken["layer4.0.conv1.weight"] = np.zeros((3, 3, 3, 3), np.float32)
     broken["layer2.0.bn1.running_var"] = np.ones(5, np.float32)
+    # Dropped only where pcjax has that BatchNorm.
+    broken["layer4.0.bn1.num_batches_tracked"] = np.zeros((), np.int64)
     with pytest.raises(convert.ConversionError) as info:
         convert.convert_state_dict("resnet8", broken)
     message = str(info.value)
     assert "1 pcjax variables with no tensor" in message
     assert "layer1.0.conv1.weight (16, 16, 3, 3) (pcjax blocks/0/conv1/conv/kernel)" in message
-    assert "1 tensors left over" in message and "layer4.0.conv1.weight (3, 3, 3, 3)" in message
+    assert "2 tensors left over" in message and "layer4.0.conv1.weight (3, 3, 3, 3)" in message
+    assert "layer4.0.bn1.num_batches_tracked ()" in message
     assert "layer2.0.bn1.running_var: checkpoint (5,), resnet8 expects (32,)" in message
 
 
@@ -335,7 +338,7 @@ def test_wrong_arch_is_refused_with_the_mismatches(resnet8_state):
         convert.convert_state_dict("resnet14", resnet8_state)
     with pytest.raises(convert.ConversionError, match="no 2-D classifier weight 'classifier.wei"):
         convert.convert_state_dict("vgg8", resnet8_state)
-    with pytest.raises(ValueError, match="--arch: unknown architecture 'resnet9'; known: "):
+    with pytest.raises(ValueError, match="arch: unknown architecture 'resnet9'; known: "):
         convert.convert_state_dict("resnet9", resnet8_state)
 
 

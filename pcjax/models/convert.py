@@ -128,8 +128,8 @@ _LAYOUTS: dict[type, dict[str, tuple[str, tuple[int, ...] | None]]] = {
         "var": ("running_var", None),
     },
 }
-# Read and dropped (see the module docstring).
-_IGNORED_SUFFIX = ".num_batches_tracked"
+# A BatchNorm tensor that is read and dropped (see the module docstring).
+_DROPPED = "num_batches_tracked"
 
 
 def archs() -> tuple[str, ...]:
@@ -184,19 +184,22 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- the mapping
 
 
-def _plan(arch: str, model: nnx.Module) -> dict[Path, tuple[str, tuple[int, ...] | None]]:
-    """pcjax variable path -> (PyTorch tensor name, axis permutation) for every mapped layer."""
+def _plan(arch: str, model: nnx.Module):
+    """``(plan, dropped)``: pcjax variable path -> (PyTorch tensor name, axis permutation) for
+    every mapped layer, and the names of the tensors that are read and dropped."""
     naming = NAMINGS[arch]
-    plan = {}
+    plan, dropped = {}, set()
     for path, module in nnx.iter_modules(model):
         layout = _LAYOUTS.get(type(module))
         if layout is None:
             continue
+        name = naming.classifier if path == ("fc",) else naming.module(model, path)
         for leaf, (suffix, perm) in layout.items():
             if getattr(module, leaf, None) is not None:
-                name = naming.classifier if path == ("fc",) else naming.module(model, path)
                 plan[(*path, leaf)] = (f"{name}.{suffix}", perm)
-    return plan
+        if isinstance(module, nnx.BatchNorm):
+            dropped.add(f"{name}.{_DROPPED}")
+    return plan, dropped
 
 
 def _torch_shape(shape: tuple[int, ...], perm: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -229,8 +232,10 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]):
         over, or shapes that differ (all listed in one message).
     """
     if arch not in NAMINGS:
-        raise ValueError(f"--arch: unknown architecture {arch!r}; known: {', '.join(archs())}")
-    from pcjax.training import state as state_lib  # the split the trainer exports with
+        raise ValueError(f"arch: unknown architecture {arch!r}; known: {', '.join(archs())}")
+    # The split the trainer exports with; imported here because pcjax.training also brings in the
+    # input pipeline and the metric writer, which reading the mapping does not need.
+    from pcjax.training import state as state_lib
 
     classifier = NAMINGS[arch].classifier + ".weight"
     if classifier not in state_dict or np.ndim(state_dict[classifier]) != 2:
@@ -242,7 +247,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]):
     abstract = nnx.eval_shape(
         lambda: models.create(arch, num_classes=num_classes, rngs=nnx.Rngs(0))
     )
-    plan = _plan(arch, abstract)
+    plan, dropped = _plan(arch, abstract)
     graphdef, params, rng_state, model_state = state_lib.split(abstract)
 
     missing, mismatched, used = [], [], set()
@@ -265,7 +270,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]):
     leftover = [
         f"{k} {tuple(np.shape(v))}"
         for k, v in state_dict.items()
-        if k not in used and not k.endswith(_IGNORED_SUFFIX)
+        if k not in used and k not in dropped
     ]
     if missing or leftover or mismatched:
         raise ConversionError(
