@@ -196,6 +196,7 @@ def teacher_phase(ctx: Context) -> Model:
 
     The export lives at ``config.teacher.checkpoint`` if set (it must exist), else at
     ``<workdir>/teacher/model``; training state checkpoints go to ``<workdir>/teacher/checkpoints``.
+    A teacher from ``config.teacher.checkpoint`` has its eval-split top-1 printed first.
     """
     cfg = ctx.config
     model_fn = teacher_fn(cfg)
