@@ -392,7 +392,9 @@ def test_cli_refuses_an_existing_destination_and_a_missing_file(converted, capsy
     assert "--from: no checkpoint file at" in capsys.readouterr().err
 
 
-def test_trainer_loads_the_export_as_train_py_does_and_prints_the_teachers_top1(converted, tmp_path, capsys):
+def test_trainer_loads_the_export_as_train_py_does_and_prints_its_top1(
+    converted, tmp_path, capsys
+):
     model, _, destination = converted
     images = np.random.default_rng(2).normal(size=(8, 32, 32, 3)).astype(np.float32)
     features, logits = torch_forward(model, images)
