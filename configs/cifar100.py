@@ -17,6 +17,19 @@ Run (CIFAR-100 prepared as array_record in the TFDS data dir, see pcjax.data):
 
   python train.py --config configs/cifar100.py:resnet32x4_resnet8x4 --workdir runs/c100_r32x4_r8x4
 
+Start from RepDistiller's published teacher (the one its table used) instead of training it:
+download, convert (needs `pip install -e '.[torch]'`), distill. For resnet32x4:
+
+  wget http://shape2prog.csail.mit.edu/repo/resnet32x4_vanilla/ckpt_epoch_240.pth
+  python -m pcjax.models.convert --arch resnet32x4 --from ckpt_epoch_240.pth \
+      --to teachers/resnet32x4
+  python train.py --config configs/cifar100.py:resnet32x4_resnet8x4 --workdir runs/c100_r32x4_r8x4 \
+      --config.teacher.checkpoint=teachers/resnet32x4
+
+The other teachers live at .../repo/<dir>/ckpt_epoch_240.pth with <dir> = resnet56_vanilla,
+resnet110_vanilla, wrn_40_2_vanilla, vgg13_vanilla, or ResNet50_vanilla for --arch resnet50.
+The converted teacher's test top-1 is printed before distillation starts.
+
 Reuse one trained teacher for several students:
 
   python train.py --config configs/cifar100.py:resnet32x4_shufflev1 --workdir runs/c100_r32x4_sv1 \

@@ -196,6 +196,7 @@ def teacher_phase(ctx: Context) -> Model:
 
     The export lives at ``config.teacher.checkpoint`` if set (it must exist), else at
     ``<workdir>/teacher/model``; training state checkpoints go to ``<workdir>/teacher/checkpoints``.
+    A teacher from ``config.teacher.checkpoint`` has its eval-split top-1 printed first.
     """
     cfg = ctx.config
     model_fn = teacher_fn(cfg)
@@ -234,7 +235,17 @@ def teacher_phase(ctx: Context) -> Model:
     target = checkpoint.abstract_like(
         {"params": abstract_params, "model_state": abstract_model_state}, ctx.replicated
     )
-    return Model(graphdef, rng_state, checkpoint.load_model(export, target))
+    teacher = Model(graphdef, rng_state, checkpoint.load_model(export, target))
+    if cfg.teacher.checkpoint:
+        # A teacher made elsewhere (e.g. converted from PyTorch) is scored before distillation,
+        # so a wrong conversion or preprocessing shows now rather than after the student phase.
+        pred = evaluation.predict(
+            ctx.jit_forward(teacher.forward), teacher.variables, ctx.eval_batches(cfg.eval_split)
+        )
+        if jax.process_index() == 0:
+            print(f"teacher {cfg.teacher.model} from {export}: {cfg.eval_split} top-1 "
+                  f"{100 * evaluation.top1(pred):.2f}%", flush=True)
+    return teacher
 
 
 def _concrete_rng_state(model_fn: Callable, ctx: Context):
