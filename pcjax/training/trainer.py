@@ -25,6 +25,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from pcjax import data, losses, models
@@ -135,10 +136,9 @@ def _run_phase(
     ckpt = checkpoint.Checkpointer(
         os.path.join(ctx.workdir, phase, "checkpoints"), max_to_keep=phase_cfg.keep_checkpoints
     )
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, checkpoint.abstract_like(state, rep))
+    _, state = ckpt.restore_latest(checkpoint.abstract_like(state, rep))
     start = int(jax.device_get(state.step))
+    ctx.writer.rewind(phase, start)
     batches = data.train_batches(
         ctx.config.dataset,
         data_dir=ctx.data_dir,
@@ -179,6 +179,7 @@ def _run_phase(
             progress.update(1, loss)
         ckpt.wait()
     finally:
+        batches.close()  # Stops the pipeline's reading threads, which would outlive an error.
         progress.close()
         ckpt.close()
     return state
@@ -187,8 +188,8 @@ def _run_phase(
 # ----------------------------------------------------------------------------- teacher phase
 
 
-def _num_train_examples(ctx: Context) -> int:
-    return len(data.source(ctx.config.dataset, ctx.config.train_split, data_dir=ctx.data_dir))
+def _num_train_examples(config: ml_collections.ConfigDict) -> int:
+    return len(data.source(config.dataset, config.train_split, data_dir=config.data_dir or None))
 
 
 def teacher_phase(ctx: Context) -> Model:
@@ -203,9 +204,14 @@ def teacher_phase(ctx: Context) -> Model:
     export = cfg.teacher.checkpoint or os.path.join(ctx.workdir, TEACHER, "model")
     if cfg.teacher.checkpoint and not checkpoint.model_exists(export):
         raise FileNotFoundError(f"config.teacher.checkpoint: no exported teacher at {export}")
-    if not checkpoint.model_exists(export):
+    rng_state = _concrete_rng_state(model_fn, ctx)
+    target = checkpoint.abstract_like(
+        {"params": abstract_params, "model_state": abstract_model_state}, ctx.replicated
+    )
+    variables = _load_export(ctx, export, target)
+    if variables is None:
         phase = cfg.teacher.train
-        steps = optim.resolve_steps(phase, _num_train_examples(ctx))
+        steps = optim.resolve_steps(phase, _num_train_examples(ctx.config))
         tx, schedule = optim.make_optimizer(phase, steps)
         _, rng_state, state = state_lib.create(model_fn, tx, ctx.replicated)
         base_key = jax.random.fold_in(jax.random.key(cfg.seed), 0)
@@ -230,11 +236,37 @@ def teacher_phase(ctx: Context) -> Model:
             eval_fn=eval_fn,
         )
         checkpoint.save_model(export, state_lib.export_variables(state))
-    rng_state = _concrete_rng_state(model_fn, ctx)
-    target = checkpoint.abstract_like(
-        {"params": abstract_params, "model_state": abstract_model_state}, ctx.replicated
-    )
-    return Model(graphdef, rng_state, checkpoint.load_model(export, target))
+        variables = checkpoint.load_model(export, target)
+    return Model(graphdef, rng_state, variables)
+
+
+def _load_export(ctx: Context, export: str, target):
+    """The exported teacher's variables, or None when the teacher phase must (re)build the export.
+
+    A damaged export of this workdir's own teacher is set aside and rebuilt from the teacher's
+    final training checkpoint; a damaged export without those checkpoints, or one given by
+    ``config.teacher.checkpoint``, stops the run with a line saying what to do.
+    """
+    if not checkpoint.model_exists(export):
+        return None
+    try:
+        return checkpoint.load_model(export, target)
+    except Exception as error:  # noqa: BLE001 - any failure to read it means the export is damaged.
+        problem = f"the exported teacher at {export} does not restore ({checkpoint.describe(error)})"
+        if ctx.config.teacher.checkpoint:
+            raise checkpoint.CheckpointError(
+                f"config.teacher.checkpoint: {problem}; export it again or point "
+                "config.teacher.checkpoint at another export"
+            ) from error
+        checkpoints = os.path.join(ctx.workdir, TEACHER, "checkpoints")
+        if not os.path.isdir(checkpoints) or not any(n.isdigit() for n in os.listdir(checkpoints)):
+            raise checkpoint.CheckpointError(
+                f"{problem} and there are no teacher checkpoints to rebuild it from; delete "
+                f"{export} to train the teacher again"
+            ) from error
+        damaged = checkpoint.set_aside(export)
+        logging.warning("%s; moved it to %s, rebuilding it from %s", problem, damaged, checkpoints)
+        return None
 
 
 def _concrete_rng_state(model_fn: Callable, ctx: Context):
@@ -317,7 +349,7 @@ def student_phase(ctx: Context, teacher: Model) -> Model:
     model_fn = student_fn(cfg)
 
     phase = cfg.student.train
-    steps = optim.resolve_steps(phase, _num_train_examples(ctx))
+    steps = optim.resolve_steps(phase, _num_train_examples(ctx.config))
     tx, schedule = optim.make_optimizer(phase, steps)
     graphdef, rng_state, state = state_lib.create(model_fn, tx, ctx.replicated)
     step_fn = distill_step_fn(cfg, graphdef, rng_state, teacher, tx, schedule)
@@ -430,13 +462,32 @@ def default_workdir(config: ml_collections.ConfigDict) -> str:
     return os.path.join("workdir", config.name)
 
 
+def last_checkpoint(workdir: str) -> str | None:
+    """Where the newest checkpoint of the job in `workdir` is, in words, or None if it has none."""
+    for phase in (STUDENT, TEACHER):
+        directory = os.path.abspath(os.path.join(workdir, phase, "checkpoints"))
+        steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+        if steps:
+            return (
+                f"the last checkpoint is {phase} step {max(steps)} in {directory}; rerun the same "
+                "command to resume from it"
+            )
+    return None
+
+
 def run(
-    config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.sharding.Mesh | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    extend: bool = False,
 ) -> dict[str, float]:
     """Validates the config, trains (or loads) the teacher, distills the student, evaluates.
 
     Writes into `workdir`: config.json, metrics.jsonl, tensorboard/, teacher/, student/ and
-    results.json. Returns the final metrics (also printed as a table).
+    results.json. Returns the final metrics (also printed as a table). A workdir that holds a run
+    resumes it if its config.json allows (`config_lib.check_resume`; `extend` accepts new phase
+    lengths). Every check runs before any work: a refused config raises `config_lib.ConfigError`.
     """
     mesh = mesh or sharding.make_mesh(config.num_devices)
     config_lib.validate(config, num_devices=mesh.size)
@@ -444,6 +495,10 @@ def run(
     # before anything is written to the workdir.
     for split in (config.train_split, config.eval_split):
         data.source(config.dataset, split, data_dir=config.data_dir or None)
+    config_lib.check_batch_sizes(config, _num_train_examples(config))
+    saved = log_lib.saved_config(workdir)
+    if saved is not None:
+        config_lib.check_resume(saved, config, workdir=workdir, extend=extend)
     writer = log_lib.MetricWriter(workdir)
     log_lib.save_config(config, workdir)
     ctx = Context(config, workdir, mesh, writer)
@@ -451,6 +506,7 @@ def run(
         teacher = teacher_phase(ctx)
         student = student_phase(ctx, teacher)
         results = evaluate(ctx, teacher, student)
+        writer.rewind("final", -1)  # A rerun of a finished job replaces its final record.
         writer.write("final", "eval", 0, results)
     finally:
         writer.close()
