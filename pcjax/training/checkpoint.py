@@ -77,11 +77,11 @@ class Checkpointer:
         return self._manager.restore(step, args=ocp.args.StandardRestore(target))
 
     def restore_latest(self, target):
-        """Restores the newest checkpoint that restores: returns (its step, the state).
+        """Restores the newest checkpoint that restores into `target`; None if there is none.
 
-        Returns (None, target) when there is no checkpoint. Newer checkpoints that fail to restore
-        are moved aside (`set_aside`) with one warning line each. If none restores, nothing is
-        moved and `CheckpointError` says which directory to delete to start the phase over.
+        Newer checkpoints that fail to restore are moved aside (`set_aside`) with one warning line
+        each. If none restores, nothing is moved and `CheckpointError` says which directory to
+        delete to start the phase over.
         """
         failures = []
         for step in sorted(self._manager.all_steps(), reverse=True):
@@ -99,9 +99,9 @@ class Checkpointer:
                 )
             if failures:
                 self._manager.reload()
-            return step, state
+            return state
         if not failures:
-            return None, target
+            return None
         step, error = failures[0]
         raise CheckpointError(
             f"no checkpoint in {self.directory} restores (step {step}: {describe(error)}); "

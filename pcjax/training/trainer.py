@@ -136,7 +136,9 @@ def _run_phase(
     ckpt = checkpoint.Checkpointer(
         os.path.join(ctx.workdir, phase, "checkpoints"), max_to_keep=phase_cfg.keep_checkpoints
     )
-    _, state = ckpt.restore_latest(checkpoint.abstract_like(state, rep))
+    restored = ckpt.restore_latest(checkpoint.abstract_like(state, rep))
+    if restored is not None:
+        state = restored
     start = int(jax.device_get(state.step))
     ctx.writer.rewind(phase, start)
     batches = data.train_batches(
