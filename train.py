@@ -35,7 +35,9 @@ def _exit(code: int, message: str):
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits.py")
 try:
-    _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file (path[:arg]).")
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG, "Config file (path[:arg])."
+    )
 except (AttributeError, KeyError) as error:
     # ml_collections looks up the --config.<key> overrides of sys.argv when the flag is defined.
     _key = str(error).strip("\"'")

@@ -201,7 +201,8 @@ def test_restore_latest_falls_back_past_damaged_steps(tmp_path, caplog):
         ckpt.restore_latest(target)
     assert os.path.isdir(os.path.join(tmp_path, "1"))  # Nothing restores: nothing is moved.
     ckpt.close()
-    assert checkpoint.Checkpointer(str(tmp_path / "new"), max_to_keep=1).restore_latest(target) is None
+    empty = checkpoint.Checkpointer(str(tmp_path / "new"), max_to_keep=1)
+    assert empty.restore_latest(target) is None
 
 
 # ----------------------------------------------------------------------------- no repeated records

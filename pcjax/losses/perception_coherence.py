@@ -38,7 +38,9 @@ def _check_common(student_features, teacher_features, mask, student_metric, teac
     check_pair(student_features, teacher_features)
     # Integer features are refused like soft_rank refuses them: their distances would tie heavily
     # and a gradient with respect to them does not exist.
-    for name, value in (("student_features", student_features), ("teacher_features", teacher_features)):
+    for name, value in (
+        ("student_features", student_features), ("teacher_features", teacher_features)
+    ):
         if not jnp.issubdtype(value.dtype, jnp.floating):
             raise ValueError(f"{name} must have a floating dtype, got {value.dtype}.")
     check_metric(student_metric, "student_metric")

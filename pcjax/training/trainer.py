@@ -206,7 +206,6 @@ def teacher_phase(ctx: Context) -> Model:
     export = cfg.teacher.checkpoint or os.path.join(ctx.workdir, TEACHER, "model")
     if cfg.teacher.checkpoint and not checkpoint.model_exists(export):
         raise FileNotFoundError(f"config.teacher.checkpoint: no exported teacher at {export}")
-    rng_state = _concrete_rng_state(model_fn, ctx)
     target = checkpoint.abstract_like(
         {"params": abstract_params, "model_state": abstract_model_state}, ctx.replicated
     )
@@ -239,7 +238,7 @@ def teacher_phase(ctx: Context) -> Model:
         )
         checkpoint.save_model(export, state_lib.export_variables(state))
         variables = checkpoint.load_model(export, target)
-    return Model(graphdef, rng_state, variables)
+    return Model(graphdef, _concrete_rng_state(model_fn, ctx), variables)
 
 
 def _load_export(ctx: Context, export: str, target):
@@ -254,7 +253,8 @@ def _load_export(ctx: Context, export: str, target):
     try:
         return checkpoint.load_model(export, target)
     except Exception as error:  # noqa: BLE001 - any failure to read it means the export is damaged.
-        problem = f"the exported teacher at {export} does not restore ({checkpoint.describe(error)})"
+        cause = checkpoint.describe(error)
+        problem = f"the exported teacher at {export} does not restore ({cause})"
         if ctx.config.teacher.checkpoint:
             raise checkpoint.CheckpointError(
                 f"config.teacher.checkpoint: {problem}; export it again or point "
@@ -468,7 +468,8 @@ def last_checkpoint(workdir: str) -> str | None:
     """Where the newest checkpoint of the job in `workdir` is, in words, or None if it has none."""
     for phase in (STUDENT, TEACHER):
         directory = os.path.abspath(os.path.join(workdir, phase, "checkpoints"))
-        steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+        steps = [int(n) for n in names if n.isdigit()]
         if steps:
             return (
                 f"the last checkpoint is {phase} step {max(steps)} in {directory}; rerun the same "
