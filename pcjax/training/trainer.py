@@ -3,10 +3,12 @@
 Sections, top to bottom: mesh and config checks; the phase loop (input pipeline, jitted update step,
 logging, NaN check, checkpoints); the teacher phase; the student phase; evaluation and summary.
 
-Resume: each phase restores its latest checkpoint from the workdir and asks the input pipeline for
-the batches from that step on (batch k depends only on (seed, k)); the step's rng is
-``fold_in(key, step)``. A killed run restarted with the same command therefore ends with the same
-state and metrics as an uninterrupted run.
+Resume: each phase restores its latest checkpoint from the workdir (the newest one that restores,
+when a later one is damaged) and asks the input pipeline for the batches from that step on (batch k
+depends only on (seed, k)); the step's rng is ``fold_in(key, step)``; the metric records past that
+step are dropped. A killed run restarted with the same command therefore ends with the same state
+and metrics as an uninterrupted run. `run` refuses a workdir whose config.json differs from the
+config in a key that changes training (`config_lib.check_resume`).
 
 NaN: the losses of the steps since the last check are fetched every ``log_every`` steps and before
 every save (one host sync per interval, not per step). A non-finite loss stops the run with
