@@ -8,36 +8,96 @@
 overrides; --workdir defaults to ./workdir/<config.name>. Rerunning the same command resumes from
 the workdir's latest checkpoints. Multi-host: set --config.distributed=True (or the
 JAX_COORDINATOR_ADDRESS environment variable) to call jax.distributed.initialize() first.
+
+A rerun into a workdir must use the same config, up to the keys that cannot change the results
+(logging, evaluation and checkpoint cadence; see pcjax.training.config); --extend also accepts new
+phase lengths. Errors print one line, ``train.py: error: ...``, and exit with 2 for usage errors
+(bad flags, config file or values, a refused resume) or 1 for failures while running; set
+PCJAX_TRACEBACK=1 to get the full traceback instead.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+USAGE, FAILURE = 2, 1
+
+
+def _exit(code: int, message: str):
+    """Ends the process with one line on stderr (or the full traceback with PCJAX_TRACEBACK=1)."""
+    if os.environ.get("PCJAX_TRACEBACK") and sys.exc_info()[0] is not None:
+        raise
+    print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file (path[:arg]).")
+try:
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG, "Config file (path[:arg])."
+    )
+except (AttributeError, KeyError) as error:
+    # ml_collections looks up the --config.<key> overrides of sys.argv when the flag is defined.
+    _key = str(error).strip("\"'")
+    _flag = next(
+        (a.split("=")[0] for a in sys.argv[1:] if _key in a.split("=")[0].split(".")[1:]),
+        "--config",
+    )
+    _exit(USAGE, f"{_flag}: the config has no key {_key!r}")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (default ./workdir/<config.name>)."
 )
+_EXTEND = flags.DEFINE_bool(
+    "extend", False, "Resume a workdir whose config differs only in the phase lengths."
+)
+
+
+def _one_line(error: BaseException) -> str:
+    # Some errors (a config file that fails to load) carry a traceback in their message: keep its
+    # first and last lines, which name the flag and the cause.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ... ".join(dict.fromkeys(lines[:1] + lines[-1:])) or type(error).__name__
+
+
+def _parse_flags(argv):
+    try:
+        args = flags.FLAGS(argv)
+        _CONFIG.value.keys()  # A config file that failed to load raises on first use.
+    except Exception as error:  # noqa: BLE001 - every parsing failure is a usage error.
+        _exit(USAGE, _one_line(error))
+    if len(args) > 1:
+        _exit(USAGE, f"unexpected arguments: {' '.join(args[1:])}")
+    return args
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv  # Checked by _parse_flags.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the progress bars.
     config = _CONFIG.value
-    from pcjax.training import sharding  # Devices must not be touched before distributed init.
+    workdir = None
+    try:
+        from pcjax.training import sharding  # Devices must not be touched before distributed init.
 
-    sharding.maybe_initialize_distributed(config.distributed)
-    from pcjax.training import trainer
+        sharding.maybe_initialize_distributed(config.distributed)
+        from pcjax.training import config as config_lib
+        from pcjax.training import trainer
 
-    workdir = _WORKDIR.value or trainer.default_workdir(config)
-    results = trainer.run(config, workdir)
+        workdir = _WORKDIR.value or trainer.default_workdir(config)
+        try:
+            results = trainer.run(config, workdir, extend=_EXTEND.value)
+        except config_lib.ConfigError as error:
+            _exit(USAGE, str(error))
+    except KeyboardInterrupt:
+        where = trainer.last_checkpoint(workdir) if workdir else None
+        _exit(130, f"interrupted; {where or 'no checkpoint was written'}")
+    except Exception as error:  # noqa: BLE001 - the one-line report of any failure.
+        _exit(FAILURE, f"{type(error).__name__}: {_one_line(error)}")
     print(trainer.summary_table(config, results))
     print(f"workdir: {os.path.abspath(workdir)}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

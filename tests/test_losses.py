@@ -229,3 +229,83 @@ def test_registry_lists_every_loss_with_its_inputs_and_projection():
 def test_registry_rejects_unknown_name():
     with pytest.raises(ValueError, match="Unknown loss 'crd'"):
         losses.get("crd")
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize("strength", ["a", None, -1.0, 0.0, float("nan"), float("inf")])
+def test_bad_regularization_strength_raises_value_error_naming_it(features, strength):
+    student, teacher = features
+    with pytest.raises(ValueError, match="regularization_strength must be a positive finite"):
+        perception_coherence_loss(student, teacher, regularization_strength=strength)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, bool])
+def test_integer_features_are_refused_by_the_loss_pc_score_and_soft_rank(features, dtype):
+    from pcjax import soft_rank
+
+    student, teacher = features
+    for name, args in (("student_features", (student.astype(dtype), teacher)),
+                       ("teacher_features", (student, teacher.astype(dtype)))):
+        for fn in (perception_coherence_loss, pc_score):
+            with pytest.raises(ValueError, match=f"{name} must have a floating dtype"):
+                fn(*args)
+    with pytest.raises(ValueError, match="floating dtype"):
+        soft_rank(student.astype(dtype))
+
+
+def test_fewer_than_three_samples_raise_in_the_loss_and_pc_score(features):
+    student, teacher = features
+    for fn in (perception_coherence_loss, pc_score):
+        with pytest.raises(ValueError, match="at least 3 samples to rank, got a batch of 2"):
+            fn(student[:2], teacher[:2])
+
+
+def test_mask_leaving_two_valid_samples_gives_nan_pc_score(features):
+    """The loss is 0 there (test above); no correlation exists, so the score is undefined."""
+    student, teacher = features
+    mask = np.zeros(B, bool)
+    mask[[0, 5]] = True
+    assert np.isnan(pc_score(student, teacher, mask=mask))
+    mask[7] = True  # 3 valid samples: each reference compares 2, a defined correlation.
+    expected = np.mean([
+        spearmanr(distance.cdist(student[mask], student[mask])[i, others],
+                  distance.cdist(teacher[mask], teacher[mask])[i, others]).statistic
+        for i in range(3) for others in [np.arange(3) != i]
+    ])
+    np.testing.assert_allclose(pc_score(student, teacher, mask=mask), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_floats_up_to_32_bits_give_float32_results(features, dtype):
+    student, teacher = features
+    # The dtype is fixed when traced: eval_shape checks it without compiling.
+    for fn, args in ((perception_coherence_loss, (student.astype(dtype), teacher)),
+                     (pc_score, (student.astype(dtype), teacher.astype(dtype)))):
+        assert jax.eval_shape(fn, *args).dtype == jnp.float32
+
+
+def test_float64_features_give_float64_results_with_x64(features):
+    student, teacher = features
+    expected_loss = _reference_loss(student.astype(np.float64), teacher, "mse")
+    expected_score = np.mean([
+        spearmanr(row_s[others], row_t[others]).statistic
+        for i, (row_s, row_t) in enumerate(zip(distance.cdist(student, student),
+                                                distance.cdist(teacher, teacher)))
+        for others in [np.arange(B) != i]
+    ])
+    with jax.enable_x64(True):
+        student64, teacher64 = student.astype(np.float64), teacher.astype(np.float64)
+        loss = perception_coherence_loss(student64, teacher64, regularization_strength=1e-4)
+        score = pc_score(student64, teacher64)
+        assert loss.dtype == jnp.float64 and score.dtype == jnp.float64
+        # Mixed widths promote like jnp arithmetic.
+        assert jax.eval_shape(perception_coherence_loss, student, teacher64).dtype == jnp.float64
+    # Near-hard soft ranks (eps = 1e-4) reach the hard-rank reference up to float64 rounding.
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-9)
+    np.testing.assert_allclose(score, expected_score, rtol=1e-9)
+    # Without x64, JAX stores float64 input as float32: the float32 rule applies.
+    assert jax.eval_shape(
+        perception_coherence_loss, student.astype(np.float64), teacher
+    ).dtype == jnp.float32

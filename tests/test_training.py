@@ -316,8 +316,9 @@ def test_digits_job_writes_config_metrics_events_and_checkpoints(finished_run):
     train_steps = {(r["phase"], r["step"]) for r in records if r["split"] == "train"}
     assert {("teacher", 2), ("teacher", 6), ("student", 4), ("student", 6)} <= train_steps
     assert json.load(open(os.path.join(workdir, "results.json"))) == pytest.approx(results)
-    events = os.listdir(os.path.join(workdir, "tensorboard"))
-    assert any(e.startswith("events.out.tfevents") for e in events)
+    for phase in ("teacher", "student", "final"):
+        events = os.listdir(os.path.join(workdir, "tensorboard", phase))
+        assert any(e.startswith("events.out.tfevents") for e in events)
     assert checkpoint.model_exists(os.path.join(workdir, "teacher", "model"))
     student_ckpts = os.listdir(os.path.join(workdir, "student", "checkpoints"))
     assert "6" in student_ckpts and "3" in student_ckpts

@@ -65,6 +65,8 @@ def train_batches(
 ) -> Iterator[Batch]:
     """Endless training batches {"image", "label"}; batch k depends only on (seed, k).
 
+    Close the returned generator (``.close()``) when done with it: that stops the reading threads.
+
     Args:
       name: dataset name (`pcjax.data.names()`).
       data_dir: TFDS data dir (default: `pcjax.data.default_data_dir()`).
@@ -190,17 +192,23 @@ def _iterate(
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    if mesh is None:
-        yield from batches
-        return
-    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    for batch in batches:
-        yield {
-            key: jax.make_array_from_process_local_data(
-                sharding, value, (global_batch_size,) + value.shape[1:]
-            )
-            for key, value in batch.items()
-        }
+    iterator = iter(batches)
+    try:
+        if mesh is None:
+            yield from iterator
+            return
+        sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+        for batch in iterator:
+            yield {
+                key: jax.make_array_from_process_local_data(
+                    sharding, value, (global_batch_size,) + value.shape[1:]
+                )
+                for key, value in batch.items()
+            }
+    finally:
+        # grain's reading threads are not daemons: closing the generator (or finishing it) stops
+        # them, so that an error elsewhere does not leave the process waiting for them at exit.
+        iterator.close()
 
 
 def _process_rows(global_batch_size: int, mesh: Mesh | None) -> np.ndarray:

@@ -24,7 +24,7 @@ from jax.sharding import AxisType, PartitionSpec
 
 from pcjax.dissimilarity import Metric, check_metric, pairwise_dissimilarity
 from pcjax.losses._checks import check_pair
-from pcjax.ranking import rank, soft_rank
+from pcjax.ranking import _check_options, rank, soft_rank
 
 OBJECTIVES = ("mse", "spearman")
 REGULARIZATIONS = ("l2", "kl")
@@ -36,12 +36,32 @@ MIN_VALID = 3
 
 def _check_common(student_features, teacher_features, mask, student_metric, teacher_metric):
     check_pair(student_features, teacher_features)
+    # Integer features are refused like soft_rank refuses them: their distances would tie heavily
+    # and a gradient with respect to them does not exist.
+    for name, value in (
+        ("student_features", student_features), ("teacher_features", teacher_features)
+    ):
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            raise ValueError(f"{name} must have a floating dtype, got {value.dtype}.")
     check_metric(student_metric, "student_metric")
     check_metric(teacher_metric, "teacher_metric")
     if mask is not None and mask.shape != (student_features.shape[0],):
         raise ValueError(
             f"mask must have shape (batch,) = ({student_features.shape[0]},), got {mask.shape}."
         )
+
+
+def _check_min_batch(batch: int) -> None:
+    if batch < MIN_VALID:
+        raise ValueError(
+            f"student_features must hold at least {MIN_VALID} samples to rank, got a batch of "
+            f"{batch}."
+        )
+
+
+def _result_dtype(student_features, teacher_features):
+    """float32 for float32 and narrower features; float64 when either is float64 (with x64)."""
+    return jnp.promote_types(jnp.result_type(student_features, teacher_features), jnp.float32)
 
 
 def _compared_set(ref_index, valid_all):
@@ -103,17 +123,17 @@ def _excluded_gap(num_columns: int, regularization_strength) -> jax.Array:
 
 def _row_losses(
     student_ref, teacher_ref, ref_index, ref_valid, student_all, teacher_all, valid_all,
-    *, student_metric, teacher_metric, regularization_strength, regularization, objective,
+    *, student_metric, teacher_metric, regularization_strength, regularization, objective, dtype,
 ):
     """Per-reference sums: (sum over valid references of the row loss, number of them)."""
     compared, count = _compared_set(ref_index, valid_all)
-    count_safe = jnp.maximum(count, 1).astype(jnp.float32)[:, None]
+    count_safe = jnp.maximum(count, 1).astype(dtype)[:, None]
 
     teacher_d = pairwise_dissimilarity(teacher_ref, teacher_all, teacher_metric)
     teacher_ranks = _hard_ranks_within(teacher_d, compared) / count_safe
 
     student_d = pairwise_dissimilarity(student_ref, student_all, student_metric)
-    scaled = _rank_scale(student_d.astype(jnp.float32), compared, count_safe)
+    scaled = _rank_scale(student_d.astype(dtype), compared, count_safe)
     gap = _excluded_gap(compared.shape[1], regularization_strength)
     student_ranks = soft_rank(
         jnp.where(compared, scaled, gap),
@@ -227,12 +247,12 @@ def perception_coherence_loss(
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
     if regularization not in REGULARIZATIONS:
         raise ValueError(f"regularization must be one of {REGULARIZATIONS}, got {regularization!r}.")
+    # Checked before eps is used in _excluded_gap, so a bad value gets soft_rank's clear error.
+    _check_options(regularization_strength, regularization, "ascending")
     batch = student_features.shape[0]
-    if axis_name is None and batch < MIN_VALID:
-        raise ValueError(
-            f"student_features must hold at least {MIN_VALID} samples to rank, got a batch of "
-            f"{batch}."
-        )
+    if axis_name is None:
+        _check_min_batch(batch)
+    dtype = _result_dtype(student_features, teacher_features)
 
     valid = jnp.ones((batch,), bool) if mask is None else jnp.asarray(mask, bool)
     # Padded rows may hold anything: zero them so no NaN/inf reaches a value or a gradient.
@@ -241,7 +261,7 @@ def perception_coherence_loss(
     options = dict(
         student_metric=student_metric, teacher_metric=teacher_metric,
         regularization_strength=regularization_strength, regularization=regularization,
-        objective=objective,
+        objective=objective, dtype=dtype,
     )
 
     if axis_name is not None:
@@ -270,7 +290,7 @@ def perception_coherence_loss(
             check_vma=False,
         )(student, teacher, valid)
         total, count = jnp.sum(totals), jnp.sum(counts)
-    return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0).astype(jnp.float32)
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0).astype(dtype)
 
 
 def pc_score(
@@ -290,24 +310,31 @@ def pc_score(
     with C_i every other valid sample and Spearman's rho the Pearson correlation of hard ranks
     (ties averaged), as ``scipy.stats.spearmanr``. In [-1, 1]: 1 means the student orders every
     row like the teacher, 0 an unrelated order, -1 the reversed order. A row that is constant on
-    either side counts as 0. NaN when fewer than 3 samples are valid.
+    either side counts as 0.
+
+    Fewer than 3 samples: like the loss, a batch of fewer than 3 rows raises ValueError. With a
+    mask leaving fewer than 3 valid samples no correlation exists and the score is NaN (the loss
+    is then 0, so that a training step on such a batch changes nothing; a score has no neutral
+    value, and NaN is also what ``accuracy`` returns when no example is valid).
 
     References are processed ``chunk_size`` at a time against the full set (``lax.map``), so
     memory is O(chunk_size * N) and time O(N^2 log N): suitable for a whole evaluation set.
 
     Args:
-      student_features: (N, Ds) student features.
-      teacher_features: (N, Dt) teacher features.
+      student_features: (N, Ds) student features, N >= 3, floating (as in the loss).
+      teacher_features: (N, Dt) teacher features, floating.
       student_metric, teacher_metric: as in ``perception_coherence_loss``.
       mask: optional (N,) bool, True for real samples (e.g. padded evaluation batches).
       chunk_size: references per chunk; None means min(N, 512).
 
     Returns:
-      float32 scalar.
+      A scalar of the loss's dtype rule: float32, or float64 when a feature array is float64.
     """
     student_features, teacher_features = jnp.asarray(student_features), jnp.asarray(teacher_features)
     _check_common(student_features, teacher_features, mask, student_metric, teacher_metric)
     num = student_features.shape[0]
+    _check_min_batch(num)
+    dtype = _result_dtype(student_features, teacher_features)
     chunk = min(num, 512 if chunk_size is None else chunk_size)
     if chunk < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
@@ -319,7 +346,7 @@ def pc_score(
     def chunk_sums(ref_index):
         ref_valid = (ref_index < num) & valid[jnp.minimum(ref_index, num - 1)]
         compared, count = _compared_set(ref_index, valid)
-        count_safe = jnp.maximum(count, 1).astype(jnp.float32)[:, None]
+        count_safe = jnp.maximum(count, 1).astype(dtype)[:, None]
         refs = jnp.minimum(ref_index, num - 1)
         student_d = pairwise_dissimilarity(student_features[refs], student_features, student_metric)
         teacher_d = pairwise_dissimilarity(teacher_features[refs], teacher_features, teacher_metric)
@@ -332,6 +359,4 @@ def pc_score(
 
     totals, counts = jax.lax.map(chunk_sums, ref_indices)
     count = jnp.sum(counts)
-    return jnp.where(count > 0, jnp.sum(totals) / jnp.maximum(count, 1), jnp.nan).astype(
-        jnp.float32
-    )
+    return jnp.where(count > 0, jnp.sum(totals) / jnp.maximum(count, 1), jnp.nan).astype(dtype)

@@ -5,12 +5,15 @@
     print(training.summary_table(config, results))
 """
 
-from pcjax.training.config import base_config, phase_config, validate
+from pcjax.training.checkpoint import CheckpointError
+from pcjax.training.config import ConfigError, base_config, phase_config, validate
 from pcjax.training.sharding import make_mesh
 from pcjax.training.state import TrainState
 from pcjax.training.trainer import TrainingDivergedError, default_workdir, run, summary_table
 
 __all__ = [
+    "CheckpointError",
+    "ConfigError",
     "TrainState",
     "TrainingDivergedError",
     "base_config",

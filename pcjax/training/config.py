@@ -33,9 +33,19 @@ training phase):
                     ``kd_temperature`` as above
   eval              batch_size, knn_k, probe_train_split ("" = train_split),
                     pc_chunk_size (0 = the pc_score default)
+
+Resume: a workdir keeps the config that produced it (config.json). A rerun into it may change only
+the keys that cannot change the training trajectory (`MAY_DIFFER`: the run name, where the data
+lives, devices, what is evaluated and how often, logging and checkpoint cadence); with
+``extend=True`` (``train.py --extend``) also the phase lengths (`LENGTH_KEYS`), to train on from
+the last checkpoint with the schedule resolved for the new length. Anything else is refused by
+`check_resume`, naming each differing key.
 """
 
 from __future__ import annotations
+
+import fnmatch
+import json
 
 import ml_collections
 from ml_collections import config_dict
@@ -114,8 +124,90 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
 
+MAY_DIFFER = (
+    "name",
+    "data_dir",
+    "distributed",
+    "num_devices",
+    "eval_split",
+    "eval.*",
+    "*.train.log_every",
+    "*.train.eval_every",
+    "*.train.checkpoint_every",
+    "*.train.keep_checkpoints",
+)
+LENGTH_KEYS = ("*.train.num_steps", "*.train.num_epochs")
+
+
+class ConfigError(ValueError):
+    """A config the run refuses; the message starts with the offending key (``config.<key>: ``)."""
+
+
 def _fail(key: str, message: str):
-    raise ValueError(f"config.{key}: {message}")
+    raise ConfigError(f"config.{key}: {message}")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resume(
+    saved: dict, config: ml_collections.ConfigDict, *, workdir: str, extend: bool = False
+) -> None:
+    """Refuses to continue a workdir whose saved config differs where the trajectory depends on it.
+
+    Args:
+      saved: the workdir's config.json, as loaded by ``json.load``.
+      config: the config of this run.
+      workdir: the workdir (named in the message).
+      extend: also accept changed phase lengths (`LENGTH_KEYS`).
+
+    Raises:
+      ConfigError: listing every refused key as ``key: old -> new`` and the ways out.
+    """
+    old = _flatten(saved)
+    # The JSON round trip gives both sides the same types (tuples become lists).
+    new = _flatten(json.loads(config.to_json_best_effort()))
+    allowed = MAY_DIFFER + (LENGTH_KEYS if extend else ())
+    missing = "(absent)"
+    changed = [
+        f"{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, missing) != new.get(key, missing)
+        and not any(fnmatch.fnmatchcase(key, pattern) for pattern in allowed)
+    ]
+    if not changed:
+        return
+    only_lengths = all(
+        any(fnmatch.fnmatchcase(c.split(":")[0], p) for p in LENGTH_KEYS) for c in changed
+    )
+    hint = " (or pass --extend to train on to the new phase length)" if only_lengths else ""
+    raise ConfigError(
+        f"config: the workdir {workdir} holds a run with another config ({'; '.join(changed)}); "
+        f"resuming it would mix two runs. Use a new --workdir{hint}."
+    )
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
+    """Each trained phase's global batch must fit in the train split.
+
+    A larger batch would hold examples twice (their distances tie at 0), and the pipeline would
+    decode a whole split per step.
+    """
+    for role in ("student",) if config.teacher.checkpoint else ("teacher", "student"):
+        batch = config[role].train.batch_size
+        if batch > num_train_examples:
+            _fail(
+                f"{role}.train.batch_size",
+                f"{batch} is larger than the {num_train_examples} examples of split "
+                f"{config.train_split!r} of {config.dataset!r}",
+            )
 
 
 def _check_phase(prefix: str, phase: ml_collections.ConfigDict, num_devices: int):
@@ -183,7 +275,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
         num_devices: devices of the data mesh; each phase's global batch must divide evenly.
 
     Raises:
-        ValueError: naming the offending key (``config.student.train.batch_size: ...``).
+        ConfigError: naming the offending key (``config.student.train.batch_size: ...``).
     """
     from pcjax import data, losses, models  # Registries; imported late so schema-only use is light.
 

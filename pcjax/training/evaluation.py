@@ -6,7 +6,8 @@ input pipeline; the padding rows are dropped with the batch mask so every exampl
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import contextlib
+from typing import Callable, Generator
 
 import jax
 import numpy as np
@@ -23,26 +24,30 @@ _pc_score = jax.jit(
 )
 
 
-def predict(forward: Callable, variables, batches: Iterable[dict]) -> dict[str, np.ndarray]:
+def predict(forward: Callable, variables, batches: Generator[dict]) -> dict[str, np.ndarray]:
     """Runs `forward(variables, images)` over `batches`; host arrays of the real examples only.
+
+    `batches` (an `eval_batches` generator) is closed at the end, also on an error, which stops
+    the input pipeline's reading threads.
 
     Returns:
       {"features": (N, D), "logits": (N, C), "label": (N,)}, N the number of unpadded examples.
     """
     chunks = {"features": [], "logits": [], "label": []}
-    for batch in batches:
-        out = forward(variables, batch["image"])
-        host = sharding.to_host(
-            {
-                "features": out.features,
-                "logits": out.logits,
-                "label": batch["label"],
-                "mask": batch["mask"],
-            }
-        )
-        keep = host["mask"].astype(bool)
-        for key in chunks:
-            chunks[key].append(host[key][keep])
+    with contextlib.closing(batches):
+        for batch in batches:
+            out = forward(variables, batch["image"])
+            host = sharding.to_host(
+                {
+                    "features": out.features,
+                    "logits": out.logits,
+                    "label": batch["label"],
+                    "mask": batch["mask"],
+                }
+            )
+            keep = host["mask"].astype(bool)
+            for key in chunks:
+                chunks[key].append(host[key][keep])
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 

@@ -1,6 +1,7 @@
 """Run outputs: metrics as JSON lines and TensorBoard events, the resolved config, a progress bar.
 
-Only process 0 writes. TensorBoard events are written by tensorboardX (no TensorFlow needed).
+Only process 0 writes. TensorBoard events are written by tensorboardX (no TensorFlow needed), one
+run per phase (``tensorboard/<phase>``), so that resuming one phase purges only its own events.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ def _is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def saved_config(workdir: str) -> dict | None:
+    """The config.json a previous run wrote into `workdir`, or None for a new workdir."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes the resolved config to ``<workdir>/config.json`` and returns the path."""
     path = os.path.join(workdir, "config.json")
@@ -32,16 +42,42 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 class MetricWriter:
     """Appends ``{"phase", "step", "split", name: value...}`` records to ``<workdir>/metrics.jsonl``
-    and the same scalars to TensorBoard under ``<workdir>/tensorboard`` as
+    and the same scalars to TensorBoard under ``<workdir>/tensorboard/<phase>`` as
     ``<phase>/<split>/<name>``.
+
+    A resumed phase calls `rewind` first, so that both hold each step of a phase once.
     """
 
     def __init__(self, workdir: str):
         self.enabled = _is_writer()
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tensorboard_dir = os.path.join(workdir, "tensorboard")
+        self._boards: dict[str, SummaryWriter] = {}
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def rewind(self, phase: str, step: int) -> None:
+        """Forgets the records of `phase` after `step`, the step it resumes from.
+
+        They are dropped from metrics.jsonl (so is a line cut short by a killed process), and the
+        phase's TensorBoard run is reopened with ``purge_step=step + 1``, which makes TensorBoard
+        discard that run's older events from that step on.
+        """
+        if not self.enabled:
+            return
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                lines = f.readlines()
+            kept = [line for line in lines if _keeps(line, phase, step)]
+            if kept != lines:
+                with open(self.path + ".tmp", "w") as f:
+                    f.writelines(kept)
+                os.replace(self.path + ".tmp", self.path)
+        if phase in self._boards:
+            self._boards.pop(phase).close()
+        self._boards[phase] = SummaryWriter(
+            os.path.join(self._tensorboard_dir, phase), purge_step=step + 1
+        )
 
     def write(self, phase: str, split: str, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -58,13 +94,28 @@ class MetricWriter:
                 )
                 + "\n"
             )
+        if phase not in self._boards:
+            self._boards[phase] = SummaryWriter(os.path.join(self._tensorboard_dir, phase))
+        board = self._boards[phase]
         for name, value in scalars.items():
-            self._tb.add_scalar(f"{phase}/{split}/{name}", value, int(step))
-        self._tb.flush()
+            board.add_scalar(f"{phase}/{split}/{name}", value, int(step))
+        board.flush()
 
     def close(self) -> None:
-        if self.enabled:
-            self._tb.close()
+        for board in self._boards.values():
+            board.close()
+        self._boards.clear()
+
+
+def _keeps(line: str, phase: str, step: int) -> bool:
+    """Whether a metrics.jsonl line stays when `phase` resumes from `step`."""
+    if not line.endswith("\n"):
+        return False  # Cut short by a killed process.
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return record.get("phase") != phase or record.get("step", 0) <= step
 
 
 class Progress:

@@ -3,10 +3,12 @@
 Sections, top to bottom: mesh and config checks; the phase loop (input pipeline, jitted update step,
 logging, NaN check, checkpoints); the teacher phase; the student phase; evaluation and summary.
 
-Resume: each phase restores its latest checkpoint from the workdir and asks the input pipeline for
-the batches from that step on (batch k depends only on (seed, k)); the step's rng is
-``fold_in(key, step)``. A killed run restarted with the same command therefore ends with the same
-state and metrics as an uninterrupted run.
+Resume: each phase restores its latest checkpoint from the workdir (the newest one that restores,
+when a later one is damaged) and asks the input pipeline for the batches from that step on (batch k
+depends only on (seed, k)); the step's rng is ``fold_in(key, step)``; the metric records past that
+step are dropped. A killed run restarted with the same command therefore ends with the same state
+and metrics as an uninterrupted run. `run` refuses a workdir whose config.json differs from the
+config in a key that changes training (`config_lib.check_resume`).
 
 NaN: the losses of the steps since the last check are fetched every ``log_every`` steps and before
 every save (one host sync per interval, not per step). A non-finite loss stops the run with
@@ -25,6 +27,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from pcjax import data, losses, models
@@ -135,10 +138,11 @@ def _run_phase(
     ckpt = checkpoint.Checkpointer(
         os.path.join(ctx.workdir, phase, "checkpoints"), max_to_keep=phase_cfg.keep_checkpoints
     )
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, checkpoint.abstract_like(state, rep))
+    restored = ckpt.restore_latest(checkpoint.abstract_like(state, rep))
+    if restored is not None:
+        state = restored
     start = int(jax.device_get(state.step))
+    ctx.writer.rewind(phase, start)
     batches = data.train_batches(
         ctx.config.dataset,
         data_dir=ctx.data_dir,
@@ -179,6 +183,7 @@ def _run_phase(
             progress.update(1, loss)
         ckpt.wait()
     finally:
+        batches.close()  # Stops the pipeline's reading threads, which would outlive an error.
         progress.close()
         ckpt.close()
     return state
@@ -187,8 +192,8 @@ def _run_phase(
 # ----------------------------------------------------------------------------- teacher phase
 
 
-def _num_train_examples(ctx: Context) -> int:
-    return len(data.source(ctx.config.dataset, ctx.config.train_split, data_dir=ctx.data_dir))
+def _num_train_examples(config: ml_collections.ConfigDict) -> int:
+    return len(data.source(config.dataset, config.train_split, data_dir=config.data_dir or None))
 
 
 def teacher_phase(ctx: Context) -> Model:
@@ -204,9 +209,13 @@ def teacher_phase(ctx: Context) -> Model:
     export = cfg.teacher.checkpoint or os.path.join(ctx.workdir, TEACHER, "model")
     if cfg.teacher.checkpoint and not checkpoint.model_exists(export):
         raise FileNotFoundError(f"config.teacher.checkpoint: no exported teacher at {export}")
-    if not checkpoint.model_exists(export):
+    target = checkpoint.abstract_like(
+        {"params": abstract_params, "model_state": abstract_model_state}, ctx.replicated
+    )
+    variables = _load_export(ctx, export, target)
+    if variables is None:
         phase = cfg.teacher.train
-        steps = optim.resolve_steps(phase, _num_train_examples(ctx))
+        steps = optim.resolve_steps(phase, _num_train_examples(ctx.config))
         tx, schedule = optim.make_optimizer(phase, steps)
         _, rng_state, state = state_lib.create(model_fn, tx, ctx.replicated)
         base_key = jax.random.fold_in(jax.random.key(cfg.seed), 0)
@@ -231,11 +240,8 @@ def teacher_phase(ctx: Context) -> Model:
             eval_fn=eval_fn,
         )
         checkpoint.save_model(export, state_lib.export_variables(state))
-    rng_state = _concrete_rng_state(model_fn, ctx)
-    target = checkpoint.abstract_like(
-        {"params": abstract_params, "model_state": abstract_model_state}, ctx.replicated
-    )
-    teacher = Model(graphdef, rng_state, checkpoint.load_model(export, target))
+        variables = checkpoint.load_model(export, target)
+    teacher = Model(graphdef, _concrete_rng_state(model_fn, ctx), variables)
     if cfg.teacher.checkpoint:
         # A teacher made elsewhere (e.g. converted from PyTorch) is scored before distillation,
         # so a wrong conversion or preprocessing shows now rather than after the student phase.
@@ -246,6 +252,36 @@ def teacher_phase(ctx: Context) -> Model:
             print(f"teacher {cfg.teacher.model} from {export}: {cfg.eval_split} top-1 "
                   f"{100 * evaluation.top1(pred):.2f}%", flush=True)
     return teacher
+
+
+def _load_export(ctx: Context, export: str, target):
+    """The exported teacher's variables, or None when the teacher phase must (re)build the export.
+
+    A damaged export of this workdir's own teacher is set aside and rebuilt from the teacher's
+    final training checkpoint; a damaged export without those checkpoints, or one given by
+    ``config.teacher.checkpoint``, stops the run with a line saying what to do.
+    """
+    if not checkpoint.model_exists(export):
+        return None
+    try:
+        return checkpoint.load_model(export, target)
+    except Exception as error:  # noqa: BLE001 - any failure to read it means the export is damaged.
+        cause = checkpoint.describe(error)
+        problem = f"the exported teacher at {export} does not restore ({cause})"
+        if ctx.config.teacher.checkpoint:
+            raise checkpoint.CheckpointError(
+                f"config.teacher.checkpoint: {problem}; export it again or point "
+                "config.teacher.checkpoint at another export"
+            ) from error
+        checkpoints = os.path.join(ctx.workdir, TEACHER, "checkpoints")
+        if not os.path.isdir(checkpoints) or not any(n.isdigit() for n in os.listdir(checkpoints)):
+            raise checkpoint.CheckpointError(
+                f"{problem} and there are no teacher checkpoints to rebuild it from; delete "
+                f"{export} to train the teacher again"
+            ) from error
+        damaged = checkpoint.set_aside(export)
+        logging.warning("%s; moved it to %s, rebuilding it from %s", problem, damaged, checkpoints)
+        return None
 
 
 def _concrete_rng_state(model_fn: Callable, ctx: Context):
@@ -328,7 +364,7 @@ def student_phase(ctx: Context, teacher: Model) -> Model:
     model_fn = student_fn(cfg)
 
     phase = cfg.student.train
-    steps = optim.resolve_steps(phase, _num_train_examples(ctx))
+    steps = optim.resolve_steps(phase, _num_train_examples(ctx.config))
     tx, schedule = optim.make_optimizer(phase, steps)
     graphdef, rng_state, state = state_lib.create(model_fn, tx, ctx.replicated)
     step_fn = distill_step_fn(cfg, graphdef, rng_state, teacher, tx, schedule)
@@ -441,13 +477,33 @@ def default_workdir(config: ml_collections.ConfigDict) -> str:
     return os.path.join("workdir", config.name)
 
 
+def last_checkpoint(workdir: str) -> str | None:
+    """Where the newest checkpoint of the job in `workdir` is, in words, or None if it has none."""
+    for phase in (STUDENT, TEACHER):
+        directory = os.path.abspath(os.path.join(workdir, phase, "checkpoints"))
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+        steps = [int(n) for n in names if n.isdigit()]
+        if steps:
+            return (
+                f"the last checkpoint is {phase} step {max(steps)} in {directory}; rerun the same "
+                "command to resume from it"
+            )
+    return None
+
+
 def run(
-    config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.sharding.Mesh | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    extend: bool = False,
 ) -> dict[str, float]:
     """Validates the config, trains (or loads) the teacher, distills the student, evaluates.
 
     Writes into `workdir`: config.json, metrics.jsonl, tensorboard/, teacher/, student/ and
-    results.json. Returns the final metrics (also printed as a table).
+    results.json. Returns the final metrics (also printed as a table). A workdir that holds a run
+    resumes it if its config.json allows (`config_lib.check_resume`; `extend` accepts new phase
+    lengths). Every check runs before any work: a refused config raises `config_lib.ConfigError`.
     """
     mesh = mesh or sharding.make_mesh(config.num_devices)
     config_lib.validate(config, num_devices=mesh.size)
@@ -455,6 +511,10 @@ def run(
     # before anything is written to the workdir.
     for split in (config.train_split, config.eval_split):
         data.source(config.dataset, split, data_dir=config.data_dir or None)
+    config_lib.check_batch_sizes(config, _num_train_examples(config))
+    saved = log_lib.saved_config(workdir)
+    if saved is not None:
+        config_lib.check_resume(saved, config, workdir=workdir, extend=extend)
     writer = log_lib.MetricWriter(workdir)
     log_lib.save_config(config, workdir)
     ctx = Context(config, workdir, mesh, writer)
@@ -462,6 +522,7 @@ def run(
         teacher = teacher_phase(ctx)
         student = student_phase(ctx, teacher)
         results = evaluate(ctx, teacher, student)
+        writer.rewind("final", -1)  # A rerun of a finished job replaces its final record.
         writer.write("final", "eval", 0, results)
     finally:
         writer.close()

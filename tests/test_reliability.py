@@ -1,0 +1,363 @@
+"""Runs that cannot be silently corrupted, triggered the way a user triggers them: train.py reruns
+with another config, damaged checkpoints and teacher exports, an error inside a step, bad command
+lines; and the pieces behind them (resume check, metric rewind, checkpoint fallback).
+
+One tiny digits run (train.py in a subprocess) is shared by the module; tests that change a
+workdir work on a copy of it.
+"""
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pcjax.training import checkpoint
+from pcjax.training import config as config_lib
+from pcjax.training import logging as log_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Teacher and student 6 steps of batch 16 on one device, checkpoints at 3 and 6, a metric record
+# per student step.
+TINY = [
+    "--config.num_devices=1",
+    *(
+        f"--config.{role}.train.{key}={value}"
+        for role in ("teacher", "student")
+        for key, value in (
+            ("num_steps", 6), ("num_epochs", 0), ("batch_size", 16), ("checkpoint_every", 3),
+            ("log_every", 1),
+        )
+    ),
+]
+
+
+# Tiny shapes: compile time dominates, as in tests/conftest.py.
+ENV = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+
+
+def train(workdir, *args, env=ENV, script=("train.py",)):
+    """Runs train.py (or another `script`) on the tiny job with extra flags `args`."""
+    return subprocess.run(
+        [sys.executable, *script, f"--workdir={workdir}", *TINY, *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )
+
+
+def error_lines(result) -> list[str]:
+    """stderr without progress bars and absl log lines."""
+    lines = result.stderr.replace("\r", "\n").splitlines()
+    return [line for line in lines if line.startswith("train.py:")]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("tiny_digits"))
+    result = train(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def copy_of(workdir, tmp_path) -> str:
+    copy = str(tmp_path / "workdir")
+    shutil.copytree(workdir, copy)
+    return copy
+
+
+def records(workdir) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def damage(directory):
+    """Truncates the largest array data file of an orbax checkpoint, as a full disk would."""
+    files = [
+        os.path.join(root, name)
+        for root, _, names in os.walk(directory)
+        for name in names
+        if os.sep + "d" + os.sep in os.path.join(root, name) + os.sep
+    ]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.truncate(10)
+
+
+# ----------------------------------------------------------------------------- resume checks
+
+
+@pytest.mark.parametrize(
+    "args, keys",
+    [
+        # Same state structure, another trajectory.
+        (["--config.student.train.batch_size=32", "--config.distill.loss=rkd", "--config.seed=1"],
+         ["distill.loss: 'perception_coherence' -> 'rkd'", "seed: 0 -> 1",
+          "student.train.batch_size: 16 -> 32"]),
+        # Another state structure (a projection head, no momentum): refused before any restore.
+        (["--config.distill.loss=fitnet", "--config.student.train.optimizer.name=sgd"],
+         ["distill.loss: 'perception_coherence' -> 'fitnet'",
+          "student.train.optimizer.name: 'adamw' -> 'sgd'"]),
+    ],
+)
+def test_rerun_with_another_config_is_refused_before_any_work(finished, args, keys):
+    before = {
+        name: os.path.getmtime(os.path.join(finished, name))
+        for name in ("config.json", "metrics.jsonl", "results.json")
+    }
+    result = train(finished, *args, "--config.student.train.log_every=2")
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = error_lines(result)
+    assert line.startswith(f"train.py: error: config: the workdir {finished} holds a run")
+    for key in keys:
+        assert key in line
+    assert "log_every" not in line  # Logging cadence may differ.
+    assert "Use a new --workdir." in line and "--extend" not in line
+    after = {name: os.path.getmtime(os.path.join(finished, name)) for name in before}
+    assert after == before
+
+
+def test_resume_check_allows_cadence_and_with_extend_the_length():
+    saved = json.loads(config_lib.base_config().to_json_best_effort())
+    config = config_lib.base_config()
+    config.student.train.log_every = 7
+    config.teacher.train.checkpoint_every = 5
+    config.eval.knn_k = 3
+    config.num_devices = 2
+    config_lib.check_resume(saved, config, workdir="w")
+    config.student.train.num_epochs = 300.0
+    with pytest.raises(config_lib.ConfigError, match=r"num_epochs: 240.0 -> 300.0\).*--extend"):
+        config_lib.check_resume(saved, config, workdir="w")
+    config_lib.check_resume(saved, config, workdir="w", extend=True)
+    config.student.train.schedule.decay_epochs = (100,)
+    with pytest.raises(config_lib.ConfigError, match=r"decay_epochs: \[150, 180, 210\] -> \[100\]"):
+        config_lib.check_resume(saved, config, workdir="w", extend=True)
+
+
+# ----------------------------------------------------------------------------- damage
+
+
+def test_damaged_student_checkpoint_and_teacher_export_are_recovered(finished, tmp_path):
+    """Newest student checkpoint (6) and the teacher export truncated: the rerun warns once for
+    each, rebuilds the export from the teacher's step-6 checkpoint, trains the student on from
+    step 3, and ends with the first run's results and one record per step."""
+    workdir = copy_of(finished, tmp_path)
+    damage(os.path.join(workdir, "student", "checkpoints", "6"))
+    damage(os.path.join(workdir, "teacher", "model"))
+    result = train(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "does not restore" in line]
+    assert len(warnings) == 2, warnings
+    assert any("checkpoint step 6 in" in w and "resumed from step 3" in w for w in warnings)
+    assert any("exported teacher" in w and "rebuilding it from" in w for w in warnings)
+    assert os.path.isdir(os.path.join(workdir, "student", "checkpoints", "6.damaged"))
+    assert os.path.isdir(os.path.join(workdir, "teacher", "model.damaged"))
+    with open(os.path.join(finished, "results.json")) as f:
+        expected = json.load(f)
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    steps = [(r["phase"], r["split"], r["step"]) for r in records(workdir)]
+    assert len(steps) == len(set(steps))
+    assert [s for p, _, s in steps if p == "student"] == [1, 2, 3, 4, 5, 6]
+    assert [s for p, _, s in steps if p == "final"] == [0]
+
+
+def test_damaged_export_without_teacher_checkpoints_says_what_to_delete(finished, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    shutil.rmtree(os.path.join(workdir, "teacher", "checkpoints"))
+    damage(os.path.join(workdir, "teacher", "model"))
+    result = train(workdir)
+    assert result.returncode == 1
+    (line,) = error_lines(result)
+    export = os.path.join(workdir, "teacher", "model")
+    assert line.startswith(f"train.py: error: CheckpointError: the exported teacher at {export}")
+    assert line.endswith(f"delete {export} to train the teacher again")
+
+
+def test_restore_latest_falls_back_past_damaged_steps(tmp_path, caplog):
+    ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3)
+    # Random values: the array data (not metadata) is the largest file of each checkpoint.
+    saved = {step: np.random.default_rng(step).normal(size=(64, 64)).astype(np.float32)
+             for step in (1, 2, 3)}
+    target = {"w": np.zeros((64, 64), np.float32)}
+    for step, w in saved.items():
+        ckpt.save(step, {"w": w})
+    ckpt.wait()
+    # Exact comparisons: a checkpoint stores the float32 bits.
+    np.testing.assert_array_equal(ckpt.restore_latest(target)["w"], saved[3])
+    damage(os.path.join(tmp_path, "3"))
+    damage(os.path.join(tmp_path, "2"))
+    with caplog.at_level("WARNING"):
+        restored = ckpt.restore_latest(target)
+    np.testing.assert_array_equal(restored["w"], saved[1])
+    assert ckpt.latest_step() == 1
+    moved = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+    assert [m.split(" in ")[0] for m in moved] == ["checkpoint step 3", "checkpoint step 2"]
+    damage(os.path.join(tmp_path, "1"))
+    with pytest.raises(checkpoint.CheckpointError, match=f"delete {tmp_path} to start"):
+        ckpt.restore_latest(target)
+    assert os.path.isdir(os.path.join(tmp_path, "1"))  # Nothing restores: nothing is moved.
+    ckpt.close()
+    empty = checkpoint.Checkpointer(str(tmp_path / "new"), max_to_keep=1)
+    assert empty.restore_latest(target) is None
+
+
+# ----------------------------------------------------------------------------- no repeated records
+
+
+def _scalar_events(directory):
+    """(tag, step) of a TensorBoard run as TensorBoard shows it: a SessionLog.START at step s
+    (tensorboardX's purge_step) discards the run's earlier events at steps >= s."""
+    from tensorboardX.proto import event_pb2
+
+    shown = []
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), "rb") as f:
+            data = f.read()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            if event.session_log.status == event_pb2.SessionLog.START:
+                shown = [(tag, step) for tag, step in shown if step < event.step]
+            for value in event.summary.value:
+                shown.append((value.tag, event.step))
+    return shown
+
+
+def test_rewind_drops_records_past_the_restored_step(tmp_path):
+    writer = log_lib.MetricWriter(str(tmp_path))
+    for step in range(1, 7):
+        writer.write("teacher", "train", step, {"loss": 1.0})
+    for step in range(1, 6):
+        writer.write("student", "train", step, {"loss": 1.0})
+    writer.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"phase": "student", "split": "tra')  # A line cut short by a kill.
+    time.sleep(1.1)  # tensorboardX names event files by the second.
+    resumed = log_lib.MetricWriter(str(tmp_path))
+    resumed.rewind("student", 3)
+    for step in range(4, 7):
+        resumed.write("student", "train", step, {"loss": 2.0})
+    resumed.close()
+    kept = [(r["phase"], r["step"], r["loss"]) for r in records(tmp_path)]
+    assert kept == [("teacher", s, 1.0) for s in range(1, 7)] + [
+        ("student", s, 1.0 if s <= 3 else 2.0) for s in range(1, 7)
+    ]
+    assert _scalar_events(tmp_path / "tensorboard" / "student") == [
+        ("student/train/loss", s) for s in range(1, 7)
+    ]
+    assert len(_scalar_events(tmp_path / "tensorboard" / "teacher")) == 6
+
+
+# ----------------------------------------------------------------------------- errors and exit
+
+_FAILING_STEP = """
+import runpy, sys, time
+from pcjax.data import pipeline
+from pcjax.training import steps
+
+load = pipeline._load_train_example
+def slow_load(*args, **kwargs):  # Keeps the pipeline's reading threads busy for minutes.
+    time.sleep(0.05)
+    return load(*args, **kwargs)
+pipeline._load_train_example = slow_load
+
+def make_failing_step(*args, **kwargs):
+    def step(*args):
+        print("failing at", time.time(), flush=True)
+        raise {error}("forced failure inside the step")
+    return step
+steps.make_distill_step = make_failing_step
+sys.argv = ["train.py"] + sys.argv[1:]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    "error, code, message",
+    [
+        ("RuntimeError", 1, "train.py: error: RuntimeError: forced failure inside the step"),
+        ("KeyboardInterrupt", 130, "train.py: error: interrupted; the last checkpoint is teacher "
+                                   "step 6 in {workdir}/teacher/checkpoints; rerun the same"),
+    ],
+)
+def test_error_inside_a_step_ends_the_process_within_seconds(
+    finished, tmp_path, error, code, message
+):
+    """When the step fails, the pipeline has about a minute of decoding queued (256 prefetched
+    batches of 16 examples at 50 ms each) on threads that are not daemons: the trainer closes the
+    pipeline, so the process still ends within seconds, with one line and no traceback."""
+    workdir = str(tmp_path)
+    shutil.copytree(os.path.join(finished, "teacher"), os.path.join(workdir, "teacher"))
+    result = train(workdir, script=("-c", _FAILING_STEP.format(error=error)))
+    ended = time.time()
+    assert result.returncode == code, result.stderr[-3000:]
+    failed = float(result.stdout.split("failing at ")[1].split()[0])
+    assert ended - failed < 15.0
+    (line,) = error_lines(result)
+    assert line.startswith(message.format(workdir=workdir))
+    assert "Traceback" not in result.stderr
+
+
+_USAGE_ERRORS = {
+    "unknown key": ((), ["--config.nope=1"], "--config.nope: the config has no key 'nope'"),
+    "missing config file": (
+        ("--config=missing.py",), [], "No such file or directory: 'missing.py'"
+    ),
+    "unparsable value": (
+        (), ["--config.student.train.batch_size=abc"],
+        "flag --config.student.train.batch_size=abc: invalid literal for int()",
+    ),
+    "batch larger than its split": (
+        (), ["--config.student.train.batch_size=100000"],
+        "config.student.train.batch_size: 100000 is larger than the 1442 examples of split "
+        "'train' of 'digits'",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def usage_errors(tmp_path_factory):
+    """Every bad command line of _USAGE_ERRORS, run at once (each costs mostly imports)."""
+    root = tmp_path_factory.mktemp("usage")
+    running = {
+        case: (
+            root / case.replace(" ", "_"),
+            subprocess.Popen(
+                [sys.executable, "train.py", *first, f"--workdir={root / case.replace(' ', '_')}",
+                 *TINY, *args],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+            ),
+        )
+        for case, (first, args, _) in _USAGE_ERRORS.items()
+    }
+    results = {}
+    for case, (workdir, process) in running.items():
+        stdout, stderr = process.communicate(timeout=600)
+        results[case] = (workdir, subprocess.CompletedProcess(process.args, process.returncode,
+                                                              stdout, stderr))
+    return results
+
+
+@pytest.mark.parametrize("case", list(_USAGE_ERRORS))
+def test_usage_errors_print_one_line_and_exit_2_before_any_work(usage_errors, case):
+    workdir, result = usage_errors[case]
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = error_lines(result)
+    assert line.startswith("train.py: error: ") and _USAGE_ERRORS[case][2] in line
+    assert "Traceback" not in result.stderr
+    assert not workdir.exists()
+
+
+def test_traceback_on_request(tmp_path):
+    result = train(
+        tmp_path, "--config.student.train.batch_size=-1", env={**ENV, "PCJAX_TRACEBACK": "1"}
+    )
+    assert result.returncode != 0
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "ConfigError: config.student.train.batch_size: must be positive" in result.stderr
