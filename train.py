@@ -11,6 +11,7 @@ JAX_COORDINATOR_ADDRESS environment variable) to call jax.distributed.initialize
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -30,11 +31,17 @@ def main(argv):
     config = _CONFIG.value
     from pcjax.training import sharding  # Devices must not be touched before distributed init.
 
-    sharding.maybe_initialize_distributed(config.distributed)
-    from pcjax.training import trainer
+    sharding.maybe_initialize_distributed(
+        config.distributed, heartbeat_timeout_seconds=config.heartbeat_timeout_seconds
+    )
+    from pcjax.training import preemption, trainer
 
     workdir = _WORKDIR.value or trainer.default_workdir(config)
-    results = trainer.run(config, workdir)
+    try:
+        results = trainer.run(config, workdir)
+    except preemption.Preempted as e:  # SIGTERM / Ctrl-C: a checkpoint was saved; say where.
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_code)
     print(trainer.summary_table(config, results))
     print(f"workdir: {os.path.abspath(workdir)}")
 
