@@ -8,6 +8,7 @@
 overrides; --workdir defaults to ./workdir/<config.name>. Rerunning the same command resumes from
 the workdir's latest checkpoints. Multi-host: set --config.distributed=True (or the
 JAX_COORDINATOR_ADDRESS environment variable) to call jax.distributed.initialize() first.
+SIGTERM or Ctrl-C saves a checkpoint, prints where, and exits with status 128 + the signal number.
 """
 
 import os
