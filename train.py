@@ -14,6 +14,7 @@ A rerun into a workdir must use the same config, up to the keys that cannot chan
 phase lengths. Errors print one line, ``train.py: error: ...``, and exit with 2 for usage errors
 (bad flags, config file or values, a refused resume) or 1 for failures while running; set
 PCJAX_TRACEBACK=1 to get the full traceback instead.
+SIGTERM or Ctrl-C saves a checkpoint, prints where, and exits with status 128 + the signal number.
 """
 
 import os
@@ -81,15 +82,20 @@ def main(argv):
     try:
         from pcjax.training import sharding  # Devices must not be touched before distributed init.
 
-        sharding.maybe_initialize_distributed(config.distributed)
+        sharding.maybe_initialize_distributed(
+            config.distributed, heartbeat_timeout_seconds=config.heartbeat_timeout_seconds
+        )
         from pcjax.training import config as config_lib
-        from pcjax.training import trainer
+        from pcjax.training import preemption, trainer
 
         workdir = _WORKDIR.value or trainer.default_workdir(config)
         try:
             results = trainer.run(config, workdir, extend=_EXTEND.value)
         except config_lib.ConfigError as error:
             _exit(USAGE, str(error))
+        except preemption.Preempted as error:  # SIGTERM / Ctrl-C: a checkpoint was saved; say where.
+            print(error, file=sys.stderr)
+            sys.exit(error.exit_code)
     except KeyboardInterrupt:
         where = trainer.last_checkpoint(workdir) if workdir else None
         _exit(130, f"interrupted; {where or 'no checkpoint was written'}")

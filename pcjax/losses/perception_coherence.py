@@ -228,6 +228,16 @@ def perception_coherence_loss(
     they divide the batch). Either way a device holds B/N x B matrices and sorts B/N rows of
     length B: O(B/N * B log B) time, O(B/N * B) memory.
 
+    Gradients per device (N devices):
+      - ``jax.jit`` on a mesh: global view; value and gradients are the global batch's.
+      - ``jax.shard_map`` with ``axis_name``: the gradient of a device's rows is the global-batch
+        gradient of those rows; replicated (``P()``) parameters get the global gradient with no
+        reduction (shard_map sums the transpose of their broadcast).
+      - ``jax.pmap`` with ``axis_name``: pmap transposes the ``psum`` into a ``psum``, so each
+        device's row gradient is N x its share of the global-batch gradient; ``pmean`` over the
+        axis of the parameter gradients (the usual pmap idiom) gives exactly the global-batch
+        gradient, ``psum`` would give N x it.
+
     Args:
       student_features: (B, Ds) student features (any float dtype; ranks are float32).
       teacher_features: (B, Dt) teacher features; no gradient flows to them.

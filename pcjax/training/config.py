@@ -12,6 +12,9 @@ training phase):
                     TFDS split strings ("train", "test", "train[:90%]", ...)
   distributed       call ``jax.distributed.initialize()`` first (also done when the
                     JAX_COORDINATOR_ADDRESS environment variable is set)
+  heartbeat_timeout_seconds
+                    ``jax.distributed``'s heartbeat timeout: when a process dies, the
+                    others stop with an error after about this long
   num_devices       devices of the data mesh; 0 = all
   teacher.model     a ``pcjax.models`` name
   teacher.checkpoint
@@ -107,6 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
             train_split="train",
             eval_split="test",
             distributed=False,
+            heartbeat_timeout_seconds=60,
             num_devices=0,
             teacher=dict(model="digits_cnn", checkpoint="", train=phase_config()),
             student=dict(model="digits_student", train=phase_config()),
@@ -128,6 +132,7 @@ MAY_DIFFER = (
     "name",
     "data_dir",
     "distributed",
+    "heartbeat_timeout_seconds",
     "num_devices",
     "eval_split",
     "eval.*",

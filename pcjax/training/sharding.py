@@ -3,6 +3,8 @@
 Data parallelism over every device of every host: one global-view ``jax.jit`` whose inputs are
 global ``jax.Array``s; XLA (GSPMD) inserts the cross-device reductions, so a loss that ranks
 over the whole batch (the perception coherence loss) sees the global batch exactly as on one device.
+The trainer runs its steps under ``jax.set_mesh(mesh)``, where that loss splits its reference
+rows over the devices instead of letting GSPMD replicate its (B, B) matrices.
 """
 
 from __future__ import annotations
@@ -17,17 +19,42 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def maybe_initialize_distributed(enabled: bool) -> bool:
-    """Starts multi-host JAX when asked by the config or by the environment.
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected an integer, got {value!r}") from None
 
-    ``jax.distributed.initialize()`` reads the coordinator, process count and id from the cluster
-    (Cloud TPU, SLURM, ...) or from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+
+def maybe_initialize_distributed(enabled: bool, *, heartbeat_timeout_seconds: int = 60) -> bool:
+    """Starts multi-process JAX when asked by the config or by the environment.
+
+    JAX_COORDINATOR_ADDRESS (``host:port`` of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID
+    are read here and passed to ``jax.distributed.initialize`` (which itself reads only the
+    address); what they leave unset is auto-detected from the cluster (Cloud TPU, SLURM, ...).
+    When a process dies, the others stop with an error after `heartbeat_timeout_seconds`
+    instead of waiting on it. (The shutdown barrier keeps JAX's default timeout: processes may
+    finish minutes apart, e.g. while process 0 writes the results.)
     Must run before anything touches a device. Returns whether it was called.
     """
-    if enabled or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()
-        return True
-    return False
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not (enabled or address):
+        return False
+    if heartbeat_timeout_seconds <= 0:
+        raise ValueError(
+            "heartbeat_timeout_seconds (config.heartbeat_timeout_seconds): expected a positive "
+            f"number of seconds, got {heartbeat_timeout_seconds}"
+        )
+    jax.distributed.initialize(
+        coordinator_address=address,
+        num_processes=_env_int("JAX_NUM_PROCESSES"),
+        process_id=_env_int("JAX_PROCESS_ID"),
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+    )
+    return True
 
 
 def make_mesh(num_devices: int = 0, devices=None) -> Mesh:

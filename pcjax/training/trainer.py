@@ -14,10 +14,14 @@ NaN: the losses of the steps since the last check are fetched every ``log_every`
 every save (one host sync per interval, not per step). A non-finite loss stops the run with
 `TrainingDivergedError` naming the step; no checkpoint is written after it, so the last good
 checkpoint stays the latest.
+
+Preemption: SIGTERM or SIGINT during a training phase makes every process save a checkpoint at a
+common step and raise `preemption.Preempted` (see `pcjax.training.preemption`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,7 +35,7 @@ from absl import logging
 from flax import nnx
 
 from pcjax import data, losses, models
-from pcjax.training import checkpoint, evaluation, optim, sharding
+from pcjax.training import checkpoint, evaluation, optim, preemption, sharding
 from pcjax.training import config as config_lib
 from pcjax.training import logging as log_lib
 from pcjax.training import state as state_lib
@@ -127,14 +131,8 @@ def _run_phase(
     eval_fn: Callable | None,
 ) -> state_lib.TrainState:
     """Trains `state` to ``steps.total``, resuming from the phase's latest checkpoint."""
+    train_step = jit_train_step(ctx.mesh, step_fn, len(extra_args))
     rep = ctx.replicated
-    n_extra = len(extra_args)
-    train_step = jax.jit(
-        step_fn,
-        in_shardings=(rep,) * (1 + n_extra) + (sharding.batch_sharded(ctx.mesh),),
-        out_shardings=(rep, rep),
-        donate_argnums=0,
-    )
     ckpt = checkpoint.Checkpointer(
         os.path.join(ctx.workdir, phase, "checkpoints"), max_to_keep=phase_cfg.keep_checkpoints
     )
@@ -155,6 +153,11 @@ def _run_phase(
     )
     progress = log_lib.Progress(phase, steps.total, start)
     pending = []
+    context = contextlib.ExitStack()
+    # Under the mesh, code that asks for it (the perception coherence loss) sees the batch axis
+    # and ranks each device's reference rows only.
+    context.enter_context(jax.set_mesh(ctx.mesh))
+    watch = context.enter_context(preemption.PreemptionWatch())
     try:
         for step in range(start, steps.total):
             batch = next(batches)
@@ -164,8 +167,9 @@ def _run_phase(
             done = step + 1
             pending.append((done, metrics))
             is_last = done == steps.total
+            stop = watch.reached(done)
             log_now = done % phase_cfg.log_every == 0 or is_last
-            save_now = done % phase_cfg.checkpoint_every == 0 or is_last
+            save_now = done % phase_cfg.checkpoint_every == 0 or is_last or stop
             loss = None
             if log_now or save_now:
                 means = _check_finite(phase, pending, ckpt)
@@ -174,6 +178,9 @@ def _run_phase(
                 ctx.writer.write(phase, "train", done, means)
             if save_now:
                 ckpt.save(done, state)
+            if stop:
+                ckpt.wait()
+                raise watch.error(phase, done, ckpt.directory)
             if (
                 eval_fn is not None
                 and phase_cfg.eval_every
@@ -184,9 +191,23 @@ def _run_phase(
         ckpt.wait()
     finally:
         batches.close()  # Stops the pipeline's reading threads, which would outlive an error.
+        context.close()
         progress.close()
         ckpt.close()
     return state
+
+
+def jit_train_step(mesh: jax.sharding.Mesh, step_fn: Callable, num_extra: int) -> Callable:
+    """``step_fn(state, *extra, batch)`` jitted over `mesh`: batch split on "data", the rest
+    replicated, the state donated. Trace and call it under ``jax.set_mesh(mesh)``.
+    """
+    rep = sharding.replicated(mesh)
+    return jax.jit(
+        step_fn,
+        in_shardings=(rep,) * (1 + num_extra) + (sharding.batch_sharded(mesh),),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
 
 
 # ----------------------------------------------------------------------------- teacher phase

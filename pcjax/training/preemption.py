@@ -1,0 +1,82 @@
+"""Preemption: SIGTERM or SIGINT stops training at a step every process agrees on.
+
+Cloud TPU VMs and SLURM send SIGTERM some seconds before they reclaim a machine; Ctrl-C sends
+SIGINT. Either one, received by any process, makes every process save a checkpoint at the same
+step and stop with `Preempted`, so rerunning the same command resumes where the run stopped.
+
+Multi-process runs use JAX's preemption sync manager (started by ``jax.distributed.initialize``):
+its SIGTERM handler tells the coordination service, which picks the next step all processes can
+reach, and ``multihost_utils.reached_preemption_sync_point`` is True there on every process. A
+SIGINT is forwarded to it as a SIGTERM. A single process needs no agreement: a signal flag is
+read at the next step boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import jax
+from jax.experimental import multihost_utils
+
+
+class Preempted(Exception):
+    """Training stopped on a preemption signal after saving a checkpoint.
+
+    ``exit_code`` is 128 + the signal number this process received (SIGTERM when another process
+    received it), the shell's convention for a process ended by a signal.
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class PreemptionWatch:
+    """A context manager that catches SIGTERM and SIGINT while a phase trains.
+
+    ``reached(step)`` is called once per step, with increasing steps, by every process; it is
+    True on every process at the same step once any of them received a signal. The previous
+    handlers are restored on exit.
+    """
+
+    def __init__(self):
+        self.signum = None
+        self._synced = jax.process_count() > 1
+        self._previous = {}
+
+    def _record(self, signum, frame):
+        self.signum = self.signum or signum
+        if self._synced and signum == signal.SIGINT:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Python delivers signals to the main thread only.
+        # Multi-process: SIGTERM belongs to JAX's preemption notifier; a Python handler would
+        # replace it.
+        signums = (signal.SIGINT,) if self._synced else (signal.SIGINT, signal.SIGTERM)
+        for signum in signums:
+            self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+        return False
+
+    def reached(self, step: int) -> bool:
+        if self._synced:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.signum is not None
+
+    def error(self, phase: str, step: int, directory: str) -> Preempted:
+        """The exception that ends a run stopped at `step`, naming the checkpoint."""
+        signum = self.signum or signal.SIGTERM
+        return Preempted(
+            f"{phase}: stopped by {signal.Signals(signum).name} after saving the checkpoint of "
+            f"step {step} in {directory}; rerun the same command to resume",
+            signum,
+        )
