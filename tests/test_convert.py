@@ -408,7 +408,7 @@ def test_trainer_loads_the_export_as_train_py_does_and_prints_its_top1(
     config.teacher.checkpoint = str(destination)
     ctx = trainer.Context(config, str(tmp_path), make_mesh(), log_lib.MetricWriter(str(tmp_path)))
     batch = {"image": images, "label": labels.astype(np.int32), "mask": np.ones(8, np.int32)}
-    ctx.eval_batches = lambda split: [batch]  # stands in for the CIFAR-100 test split
+    ctx.eval_batches = lambda split: (b for b in [batch])  # stands in for the CIFAR-100 test split
 
     teacher = trainer.teacher_phase(ctx)
     ctx.writer.close()
