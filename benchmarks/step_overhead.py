@@ -1,6 +1,6 @@
 """Train-step cost of perception coherence next to plain cross-entropy and RKD.
 
-Times one jitted SGD step (momentum 0.9, weight decay 5e-4: the CIFAR recipe of DESIGN.md §4) of
+Times one jitted SGD step (momentum 0.9, weight decay 5e-4: the CIFAR-100 recipe of configs/cifar100.py) of
 a ``resnet8x4`` student on CIFAR-100 shapes (32x32x3 inputs, 100 classes) with three objectives:
 
     ce    CE(student logits, labels)

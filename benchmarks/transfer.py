@@ -1,6 +1,6 @@
 """Class-unaware transfer on the offline datasets: every method, same budget, mean ± std over seeds.
 
-The protocol of DESIGN.md §4. One teacher per dataset is trained with cross-entropy; then one
+The class-unaware transfer protocol (README, "Class-unaware transfer"). One teacher per dataset is trained with cross-entropy; then one
 student per method learns from the teacher's features alone (inputs and teacher features, no
 labels), with the method's transfer loss alone:
 

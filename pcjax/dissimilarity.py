@@ -1,7 +1,7 @@
 """Pairwise dissimilarities between feature vectors, safe to differentiate everywhere.
 
 A dissimilarity only has to order pairs (perception coherence compares ranks), so any of these
-works as ``d_T`` or ``d_S`` in the loss: see DESIGN.md §1.
+works as ``d_T`` or ``d_S`` in the loss (see perception_coherence_loss).
 """
 
 from collections.abc import Callable

@@ -1,4 +1,4 @@
-"""perception_coherence_loss: DESIGN.md §1 properties against SciPy references, masks, errors."""
+"""perception_coherence_loss: the properties of its definition against SciPy references, masks, errors."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The perception coherence loss and the pc_score metric (DESIGN.md §1).
+"""The perception coherence loss and the pc_score metric; the math is in the loss docstring below.
 
 Nguyen, Gamboa, Zhang, Chhaibi, Gratton, Giaccone, "Feature Representation Transferring to
 Lightweight Models via Perception Coherence", arXiv:2505.06595.
@@ -193,7 +193,7 @@ def perception_coherence_loss(
     mask: jax.Array | None = None,
     axis_name=None,
 ) -> jax.Array:
-    """Perception coherence loss between student and teacher features (DESIGN.md §1).
+    """Perception coherence loss between student and teacher features.
 
     For every valid reference i and every j in its compared set C_i (the other valid samples,
     n_i = |C_i|):
