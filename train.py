@@ -80,6 +80,8 @@ def main(argv):
     config = _CONFIG.value
     workdir = None
     try:
+        import jax
+
         from pcjax.training import sharding  # Devices must not be touched before distributed init.
 
         sharding.maybe_initialize_distributed(
@@ -101,8 +103,9 @@ def main(argv):
         _exit(130, f"interrupted; {where or 'no checkpoint was written'}")
     except Exception as error:  # noqa: BLE001 - the one-line report of any failure.
         _exit(FAILURE, f"{type(error).__name__}: {_one_line(error)}")
-    print(trainer.summary_table(config, results))
-    print(f"workdir: {os.path.abspath(workdir)}")
+    if jax.process_index() == 0:  # Every process ends with the same results; one prints them.
+        print(trainer.summary_table(config, results))
+        print(f"workdir: {os.path.abspath(workdir)}")
 
 
 if __name__ == "__main__":

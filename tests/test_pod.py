@@ -258,10 +258,6 @@ def _checkpoints(workdir, phase="student"):
     return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
-# _POD_JOBS_ARE_SLOW: the job tests pass on their own (`python -m pytest -q -m slow
-# tests/test_pod.py`: 17 passed in 75 s on a quiet 2-core machine), but inside the whole suite one
-# 2x2 job once missed gloo's fixed 30 s context-initialization deadline, its two processes
-# reaching the first collective too far apart. Until that is understood they run on request.
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory):
     root = tmp_path_factory.mktemp("pod")
@@ -329,14 +325,12 @@ def _final_student(workdir):
     return ocp.StandardCheckpointer().restore(path, target)
 
 
-@pytest.mark.slow  # the pod jobs; see _POD_JOBS_ARE_SLOW
 def test_every_job_exits_as_expected(pod):
     jobs = pod["jobs"]
     for name in ("reference", "from2to1/resumed", "from1to2/resumed", "killed/rerun"):
         assert jobs[name].returncodes == [0] * len(jobs[name].procs), jobs[name].output(0)[-3000:]
 
 
-@pytest.mark.slow  # the pod jobs; see _POD_JOBS_ARE_SLOW
 @pytest.mark.parametrize("name", ["from2to1", "from1to2", "killed"])
 def test_multi_process_and_resumed_jobs_match_the_single_process_job(pod, name):
     reference, workdir = pod["dirs"]["reference"], pod["dirs"][name]
@@ -375,7 +369,6 @@ def test_multi_process_and_resumed_jobs_match_the_single_process_job(pod, name):
 OUTPUTS = {"config.json", "metrics.jsonl", "results.json"}
 
 
-@pytest.mark.slow  # the pod jobs; see _POD_JOBS_ARE_SLOW
 @pytest.mark.parametrize("name", ["from2to1/preempted", "from1to2/resumed", "killed/killed"])
 def test_only_process_zero_writes_metrics_config_and_results(pod, name):
     job = pod["jobs"][name]
@@ -386,6 +379,8 @@ def test_only_process_zero_writes_metrics_config_and_results(pod, name):
     assert not any(path.startswith("tensorboard") for path in job.writes(1))
     if name == "from1to2/resumed":
         assert "results.json" in written
+        # So does the printed summary: one table for the pod, not one per process.
+        assert "workdir: " in job.output(0) and "workdir: " not in job.output(1)
         records = [(r["phase"], r["split"], r["step"]) for r in _records(job.workdir)]
         # Each step was written once: by the 1-process run up to the preemption, then by
         # process 0 of the 2-process run.
@@ -398,7 +393,6 @@ _STOPPED = re.compile(
 )
 
 
-@pytest.mark.slow  # the pod jobs; see _POD_JOBS_ARE_SLOW
 @pytest.mark.parametrize(
     "name, signal_name, returncodes",
     [("from2to1/preempted", "SIGTERM", [143, 143]), ("from1to2/preempted", "SIGINT", [130])],
@@ -422,7 +416,6 @@ def test_preemption_saves_a_common_step_and_exits_with_one_line(
     assert job.checkpoints[-1] == step
 
 
-@pytest.mark.slow  # the pod jobs; see _POD_JOBS_ARE_SLOW
 def test_killing_a_process_stops_the_other_promptly_and_the_rerun_resumes(pod):
     job = pod["jobs"]["killed/killed"]
     assert job.returncodes[0] not in (0, None)

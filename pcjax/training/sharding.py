@@ -54,7 +54,31 @@ def maybe_initialize_distributed(enabled: bool, *, heartbeat_timeout_seconds: in
         process_id=_env_int("JAX_PROCESS_ID"),
         heartbeat_timeout_seconds=heartbeat_timeout_seconds,
     )
+    open_collectives()
     return True
+
+
+def open_collectives(timeout_seconds: int = 300) -> None:
+    """Opens the cross-process collectives once every process is ready for them.
+
+    On CPU the collectives are gloo's, which connect the processes at the first collective and
+    give a late process a fixed 30 s to join. Processes that import, build and compile at
+    different speeds (a loaded machine, a slow host) can miss that window and fail. So every
+    process first compiles a tiny all-process reduction, then waits at a barrier of the
+    coordination service (deadline `timeout_seconds`), and only then runs it: the processes
+    meet the first collective together. A no-op in a single process.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost  # Heavy; only pods need it.
+
+    mesh = make_mesh()
+    ones = np.ones((jax.local_device_count(),), np.int32)
+    x = jax.make_array_from_process_local_data(batch_sharded(mesh), ones)
+    total = jax.jit(lambda v: v.sum(), out_shardings=replicated(mesh)).lower(x).compile()
+    multihost.get_barrier_sync_fn()(key="pcjax_open_collectives", timeout_ms=timeout_seconds * 1000)
+    if int(total(x)) != jax.device_count():
+        raise RuntimeError(f"the {jax.process_count()} processes do not see one device mesh")
 
 
 def make_mesh(num_devices: int = 0, devices=None) -> Mesh:
