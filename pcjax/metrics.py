@@ -1,7 +1,7 @@
 """Evaluation metrics: top-1 accuracy, perception coherence, and frozen-feature probes.
 
 Every function is pure JAX and deterministic, takes optional masks for padded evaluation batches
-(True marks a real example) and returns a float32 scalar.
+(True marks a real example) and returns a float32 scalar. How a run uses them: docs/evaluation.md.
 """
 
 import jax

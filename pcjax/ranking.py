@@ -1,7 +1,7 @@
 """Differentiable sorting and ranking in pure JAX: `soft_rank`, `soft_sort`, and the hard `rank`.
 
 Reference: Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking",
-ICML 2020 (arXiv:2002.08871).
+ICML 2020 (arXiv:2002.08871). The method, in prose: docs/soft_rank.md.
 
 Notation (per row of length n, everything along the last axis): ρ = (n, n-1, ..., 1), ε the
 regularization strength, P(w) the permutahedron (convex hull of the permutations of w).
