@@ -12,12 +12,11 @@ show as a ratio near B (4096), not a small constant.
 
 import argparse
 import resource
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import median_seconds
 
 from pcjax.dissimilarity import pairwise_dissimilarity
 from pcjax.losses import perception_coherence_loss
@@ -25,14 +24,7 @@ from pcjax.losses import perception_coherence_loss
 
 def _measure(fn, args, repeats):
     compiled = jax.jit(jax.value_and_grad(fn)).lower(*args).compile()
-    memory = compiled.memory_analysis()
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return memory, statistics.median(times)
+    return compiled.memory_analysis(), median_seconds(compiled, *args, runs=repeats, warmup=1)
 
 
 def main():

@@ -1,7 +1,7 @@
 """Evaluation metrics: top-1 accuracy, perception coherence, and frozen-feature probes.
 
 Every function is pure JAX and deterministic, takes optional masks for padded evaluation batches
-(True marks a real example) and returns a float32 scalar.
+(True marks a real example) and returns a float32 scalar. How a run uses them: docs/evaluation.md.
 """
 
 import jax
@@ -31,6 +31,16 @@ def _check_labelled(features, labels, features_name, labels_name):
         raise ValueError(
             f"{labels_name} must have shape ({features.shape[0]},) to match {features_name}, "
             f"got {labels.shape}."
+        )
+
+
+def _check_probe(train_features, train_labels, test_features, test_labels):
+    _check_labelled(train_features, train_labels, "train_features", "train_labels")
+    _check_labelled(test_features, test_labels, "test_features", "test_labels")
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(
+            f"train_features and test_features must have the same width, got "
+            f"{train_features.shape} and {test_features.shape}."
         )
 
 
@@ -109,13 +119,7 @@ def knn_accuracy(
     Returns:
       float32 accuracy in [0, 1]; NaN if no test example is valid.
     """
-    _check_labelled(train_features, train_labels, "train_features", "train_labels")
-    _check_labelled(test_features, test_labels, "test_features", "test_labels")
-    if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(
-            f"train_features and test_features must have the same width, got "
-            f"{train_features.shape} and {test_features.shape}."
-        )
+    _check_probe(train_features, train_labels, test_features, test_labels)
     if vote not in ("weighted", "majority"):
         raise ValueError(f"vote must be 'weighted' or 'majority', got {vote!r}.")
     if k < 1:
@@ -184,13 +188,7 @@ def linear_probe_accuracy(
     Returns:
       float32 test accuracy in [0, 1]; NaN if no test example is valid.
     """
-    _check_labelled(train_features, train_labels, "train_features", "train_labels")
-    _check_labelled(test_features, test_labels, "test_features", "test_labels")
-    if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(
-            f"train_features and test_features must have the same width, got "
-            f"{train_features.shape} and {test_features.shape}."
-        )
+    _check_probe(train_features, train_labels, test_features, test_labels)
     classes = _num_classes(num_classes, train_labels, test_labels)
     train_valid = _valid(train_mask, train_features.shape[0], "train_mask")
     test_valid = _valid(test_mask, test_features.shape[0], "test_mask")

@@ -313,7 +313,7 @@ def test_mesh_eval_batches_carry_the_mask(data_dir):
 
 def test_mesh_rejects_a_batch_size_the_data_axis_does_not_divide(data_dir):
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    with pytest.raises(ValueError, match="global_batch_size=12 must be a multiple"):
+    with pytest.raises(ValueError, match="global batch size 12 is not divisible"):
         data.train_batches("digits", data_dir=data_dir, global_batch_size=12, seed=0, mesh=mesh)
 
 

@@ -33,3 +33,21 @@ def test_lazy_names_are_the_subpackage_objects():
 
     assert pcjax.DatasetSpec is DatasetSpec
     assert pcjax.ModelOutput is ModelOutput
+
+
+def test_pc_score_has_one_implementation():
+    assert pcjax.metrics.pc_score is pcjax.losses.pc_score
+
+
+def test_a_config_file_does_not_import_the_trainer_or_the_input_pipeline():
+    heavy = ("tensorflow_datasets", "grain", "orbax", "pcjax.training.trainer")
+    code = (
+        "import runpy, sys; "
+        "runpy.run_path('configs/digits.py')['get_config']().to_json(); "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    root = __file__.rsplit("/tests/", 1)[0]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    assert out.stdout.strip() == "[]"

@@ -58,29 +58,41 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     url_infos = None
 
 
-class Digits(OfflineBuilder):
-    """scikit-learn's 8x8 handwritten digits as a TFDS dataset."""
+class _Generated(OfflineBuilder, skip_registration=True):
+    """A local dataset of examples {"image", "label" (10 classes), "index"}, stored in order."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
+    DESCRIPTION: str
+    IMAGE_SHAPE: tuple[int, ...]
+    IMAGE_DTYPE: type
+    HOMEPAGE: str
 
     def _info(self) -> tfds.core.DatasetInfo:
         # `dataset_info_from_configs` looks for metadata files beside a registered TFDS package;
         # constructing DatasetInfo directly works for a builder defined anywhere.
         return tfds.core.DatasetInfo(
             builder=self,
-            description="scikit-learn's 1,797 8x8 handwritten digits; pixels are counts 0..16.",
+            description=self.DESCRIPTION,
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+                    "image": tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=self.IMAGE_DTYPE),
                     "label": tfds.features.ClassLabel(num_classes=10),
                     "index": tfds.features.Scalar(dtype=np.int64),
                 }
             ),
             supervised_keys=("image", "label"),
             disable_shuffling=True,
-            homepage="https://archive.ics.uci.edu/dataset/80",
+            homepage=self.HOMEPAGE,
         )
+
+
+class Digits(_Generated):
+    """scikit-learn's 8x8 handwritten digits as a TFDS dataset."""
+
+    DESCRIPTION = "scikit-learn's 1,797 8x8 handwritten digits; pixels are counts 0..16."
+    IMAGE_SHAPE, IMAGE_DTYPE = (8, 8, 1), np.uint8
+    HOMEPAGE = "https://archive.ics.uci.edu/dataset/80"
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download: the data ship with scikit-learn.
@@ -99,27 +111,12 @@ class Digits(OfflineBuilder):
             yield int(i), {"image": image, "label": int(labels[i]), "index": int(i)}
 
 
-class Mnist1d(OfflineBuilder):
+class Mnist1d(_Generated):
     """MNIST-1D generated locally with the `mnist1d` package's default arguments."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description="MNIST-1D: 1-D signals of length 40 from 10 digit templates.",
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=(40, 1), dtype=np.float32),
-                    "label": tfds.features.ClassLabel(num_classes=10),
-                    "index": tfds.features.Scalar(dtype=np.int64),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            disable_shuffling=True,
-            homepage="https://github.com/greydanus/mnist1d",
-        )
+    DESCRIPTION = "MNIST-1D: 1-D signals of length 40 from 10 digit templates."
+    IMAGE_SHAPE, IMAGE_DTYPE = (40, 1), np.float32
+    HOMEPAGE = "https://github.com/greydanus/mnist1d"
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Generated locally; `get_dataset` would try to download a pickle instead.

@@ -220,20 +220,15 @@ def _process_rows(global_batch_size: int, mesh: Mesh | None) -> np.ndarray:
     _check_int("global_batch_size", global_batch_size, lower=1)
     if mesh is None:
         count, index = jax.process_count(), jax.process_index()
-        if global_batch_size % count:
-            raise ValueError(
-                f"global_batch_size={global_batch_size} must be a multiple of the number of "
-                f"processes ({count})."
-            )
+        check_batch_split(global_batch_size, count, "processes", "global_batch_size")
         local = global_batch_size // count
         return np.arange(index * local, (index + 1) * local)
     if DATA_AXIS not in mesh.axis_names:
         raise ValueError(f"mesh must have a {DATA_AXIS!r} axis; its axes are {mesh.axis_names}.")
-    if global_batch_size % mesh.shape[DATA_AXIS]:
-        raise ValueError(
-            f"global_batch_size={global_batch_size} must be a multiple of the mesh's "
-            f"{DATA_AXIS!r} axis size ({mesh.shape[DATA_AXIS]})."
-        )
+    check_batch_split(
+        global_batch_size, mesh.shape[DATA_AXIS], f"devices of the mesh's {DATA_AXIS!r} axis",
+        "global_batch_size",
+    )
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     slices: Sequence[tuple[int, int]] = sorted(
         {
@@ -242,6 +237,18 @@ def _process_rows(global_batch_size: int, mesh: Mesh | None) -> np.ndarray:
         }
     )
     return np.concatenate([np.arange(start, stop) for start, stop in slices])
+
+
+def check_batch_split(global_batch_size: int, parts: int, what: str, name: str) -> None:
+    """Raises ValueError naming `name` unless the global batch splits evenly into `parts` `what`.
+
+    The one batch divisibility check: the pipeline (over processes or mesh devices), the mesh
+    (``pcjax.training.sharding``) and the config validation call it.
+    """
+    if global_batch_size % parts:
+        raise ValueError(
+            f"{name}: global batch size {global_batch_size} is not divisible by the {parts} {what}"
+        )
 
 
 def _check_int(name: str, value: int, *, lower: int, upper: int | None = None) -> None:

@@ -92,8 +92,6 @@ def folder_spec(name: str, data_dir: str | os.PathLike | None) -> DatasetSpec | 
         num_classes=builder.info.features["label"].num_classes,
         image_shape=tuple(stored["image_shape"]),
         splits={split: info.num_examples for split, info in builder.info.splits.items()},
-        train_split="train",
-        eval_split="test",
         mean=tuple(stored["mean"]),
         std=tuple(stored["std"]),
         pixel_scale=255.0,

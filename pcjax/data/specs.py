@@ -32,8 +32,6 @@ class DatasetSpec:
         num_classes: number of label classes; labels are int32 in [0, num_classes).
         image_shape: shape of one model input, channels last (after augmentation / center crop).
         splits: split name -> number of examples (the standard TFDS sizes for prepared datasets).
-        train_split: the split training reads by default.
-        eval_split: the labelled held-out split evaluation reads by default.
         mean: per-channel mean of `stored_pixel / pixel_scale`.
         std: per-channel standard deviation of `stored_pixel / pixel_scale`.
         pixel_scale: divisor that maps stored pixels to [0, 1] (255 for uint8 photos, 16 for the
@@ -50,8 +48,6 @@ class DatasetSpec:
     num_classes: int
     image_shape: tuple[int, ...]
     splits: Mapping[str, int]
-    train_split: str
-    eval_split: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
     pixel_scale: float
@@ -78,8 +74,6 @@ _SPECS: dict[str, DatasetSpec] = {
         num_classes=10,
         image_shape=(8, 8, 1),
         splits={"train": 1442, "test": 355},
-        train_split="train",
-        eval_split="test",
         mean=(0.3051,),
         std=(0.3762,),
         pixel_scale=16.0,
@@ -91,8 +85,6 @@ _SPECS: dict[str, DatasetSpec] = {
         num_classes=10,
         image_shape=(40, 1),
         splits={"train": 4000, "test": 1000},
-        train_split="train",
-        eval_split="test",
         mean=(0.0,),
         std=(1.0,),
         pixel_scale=1.0,
@@ -104,8 +96,6 @@ _SPECS: dict[str, DatasetSpec] = {
         num_classes=10,
         image_shape=(32, 32, 3),
         splits={"train": 50000, "test": 10000},
-        train_split="train",
-        eval_split="test",
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
         pixel_scale=255.0,
@@ -118,8 +108,6 @@ _SPECS: dict[str, DatasetSpec] = {
         num_classes=100,
         image_shape=(32, 32, 3),
         splits={"train": 50000, "test": 10000},
-        train_split="train",
-        eval_split="test",
         mean=(0.5071, 0.4867, 0.4408),
         std=(0.2675, 0.2565, 0.2761),
         pixel_scale=255.0,
@@ -132,8 +120,6 @@ _SPECS: dict[str, DatasetSpec] = {
         num_classes=1000,
         image_shape=(224, 224, 3),
         splits={"train": 1281167, "validation": 50000, "test": 100000},
-        train_split="train",
-        eval_split="validation",
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
         pixel_scale=255.0,

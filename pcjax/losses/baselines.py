@@ -9,6 +9,7 @@ returns a scalar and passes no gradient to the teacher side: the teacher is froz
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from pcjax.dissimilarity import pairwise_dissimilarity
 from pcjax.losses._checks import check_pair
@@ -53,7 +54,7 @@ def kd(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: flo
     student, teacher = _prepare(student_logits, teacher_logits)
     log_p_student = jax.nn.log_softmax(student / temperature, axis=-1)
     log_p_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
-    kl = jnp.sum(jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
+    kl = optax.losses.kl_divergence_with_log_targets(log_p_student, log_p_teacher)
     return jnp.mean(kl) * temperature**2
 
 
@@ -74,12 +75,6 @@ def fitnet(student_features: jax.Array, teacher_features: jax.Array) -> jax.Arra
     check_pair(student_features, teacher_features, same_width=True)
     student, teacher = _prepare(student_features, teacher_features)
     return jnp.mean((student - teacher) ** 2)
-
-
-def _smooth_l1(x: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean Huber loss with threshold 1 (torch.nn.functional.smooth_l1_loss defaults)."""
-    diff = jnp.abs(x - y)
-    return jnp.mean(jnp.where(diff < 1.0, 0.5 * diff * diff, diff - 0.5))
 
 
 def _rkd_distances(x: jax.Array) -> jax.Array:
@@ -131,8 +126,10 @@ def rkd(
     """
     check_pair(student_features, teacher_features, min_batch=2)
     student, teacher = _prepare(student_features, teacher_features)
-    distance_loss = _smooth_l1(_rkd_distances(student), _rkd_distances(teacher))
-    angle_loss = _smooth_l1(_rkd_angles(student), _rkd_angles(teacher))
+    # Huber with delta 1 is torch.nn.functional.smooth_l1_loss with its defaults (beta 1, mean).
+    huber = lambda s, t: jnp.mean(optax.losses.huber_loss(s, t))  # noqa: E731
+    distance_loss = huber(_rkd_distances(student), _rkd_distances(teacher))
+    angle_loss = huber(_rkd_angles(student), _rkd_angles(teacher))
     return distance_weight * distance_loss + angle_weight * angle_loss
 
 

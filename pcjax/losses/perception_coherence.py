@@ -1,4 +1,4 @@
-"""The perception coherence loss and the pc_score metric; the math is in the loss docstring below.
+"""The perception coherence loss and the pc_score metric (the math: docs/loss.md).
 
 Nguyen, Gamboa, Zhang, Chhaibi, Gratton, Giaccone, "Feature Representation Transferring to
 Lightweight Models via Perception Coherence", arXiv:2505.06595.

@@ -18,12 +18,12 @@ Example::
     model = pcjax.models.create("resnet8x4", num_classes=100, rngs=nnx.Rngs(0))
     features, logits = model(images, train=False)
 
-A model's state is exactly its ``nnx.Param`` and ``nnx.BatchStat`` variables, so a pure train
-step splits it as ``graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)``
-and, inside the function it differentiates, rebuilds it with
-``nnx.merge(graphdef, params, batch_stats, copy=True)`` (fresh variables that the train-mode
-forward pass may update within that trace), returning ``nnx.state(model, nnx.BatchStat)``
-as the new running statistics.
+A zoo model's state is its ``nnx.Param`` and ``nnx.BatchStat`` variables (no rng streams). The
+train step (``pcjax.training.state.split`` / ``merge``) splits a model as
+``graphdef, params, rng_state, model_state = nnx.split(model, nnx.Param, nnx.RngState, ...)``,
+so ``model_state`` holds the BatchNorm running statistics, and rebuilds it inside the function it
+differentiates with ``nnx.merge(graphdef, params, rng_state, model_state, copy=True)``: fresh
+variables that the train-mode forward pass may update within that trace.
 """
 
 from __future__ import annotations

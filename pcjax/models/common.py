@@ -134,6 +134,27 @@ class ConvBN(nnx.Module):
         return self.bn(self.conv(x), use_running_average=not train)
 
 
+class BlockStack(nnx.Module):
+    """Forward pass of the nets built as stem -> blocks -> optional head -> pooled features.
+
+    ``x`` -> relu(``stem``) -> each of ``blocks`` -> relu(``head``) when the net has one ->
+    global average pooling (``features``) -> ``fc`` (logits). Subclasses build ``stem`` and
+    ``head`` (``ConvBN``), ``blocks`` (an ``nnx.List``) and ``fc`` in ``__init__``.
+    """
+
+    head = None
+
+    def __call__(self, x: jax.Array, *, train: bool) -> ModelOutput:
+        check_input(x, spatial_dims=2, channels=3, model=type(self).__name__)
+        x = nnx.relu(self.stem(x, train=train))
+        for block in self.blocks:
+            x = block(x, train=train)
+        if self.head is not None:
+            x = nnx.relu(self.head(x, train=train))
+        features = global_avg_pool(x)
+        return ModelOutput(features, self.fc(features))
+
+
 def global_avg_pool(x: jax.Array) -> jax.Array:
     """Mean over every spatial axis: ``(B, *spatial, C) -> (B, C)``."""
     return x.mean(axis=tuple(range(1, x.ndim - 1)))

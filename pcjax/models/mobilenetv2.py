@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from pcjax.models.common import ConvBN, Layers, ModelOutput, check_input, global_avg_pool
+from pcjax.models.common import BlockStack, ConvBN, Layers
 
 # (expansion, channels, blocks, first stride); expansion None means "the model's T".
 STAGES = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
@@ -47,7 +47,7 @@ class InvertedResidual(nnx.Module):
         return x + out if self.residual else out
 
 
-class MobileNetV2(nnx.Module):
+class MobileNetV2(BlockStack):
     """MobileNetV2 with expansion ``expansion`` (the reference's T) and width ``width``.
 
     ``stages`` lists ``(t, channels, blocks, first stride)``; ``t=None`` stands for ``expansion``.
@@ -69,14 +69,6 @@ class MobileNetV2(nnx.Module):
         head_planes = int(1280 * width) if width > 1.0 else 1280
         self.head = ConvBN(layers, in_planes, head_planes, 1)
         self.fc = layers.linear(head_planes, num_classes, kernel_init=_classifier_init)
-
-    def __call__(self, x: jax.Array, *, train: bool) -> ModelOutput:
-        check_input(x, spatial_dims=2, channels=3, model=type(self).__name__)
-        x = nnx.relu(self.stem(x, train=train))
-        for block in self.blocks:
-            x = block(x, train=train)
-        features = global_avg_pool(nnx.relu(self.head(x, train=train)))
-        return ModelOutput(features, self.fc(features))
 
 
 # name -> factory(layers, *, num_classes)

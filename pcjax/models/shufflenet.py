@@ -20,14 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pcjax.models.common import (
-    ConvBN,
-    Layers,
-    ModelOutput,
-    channel_shuffle,
-    check_input,
-    global_avg_pool,
-)
+from pcjax.models.common import BlockStack, ConvBN, Layers, channel_shuffle
 
 _STEM_WIDTH = 24
 
@@ -60,7 +53,7 @@ class ShuffleV1Block(nnx.Module):
         return nnx.relu(out + x)
 
 
-class ShuffleNetV1(nnx.Module):
+class ShuffleNetV1(BlockStack):
     """ShuffleNet V1; the first block of each stage has stride 2 and concatenates its shortcut."""
 
     def __init__(self, layers: Layers, *, stage_planes: Sequence[int], stage_sizes: Sequence[int],
@@ -77,14 +70,6 @@ class ShuffleNetV1(nnx.Module):
                 in_planes = planes
         self.blocks = nnx.List(blocks)
         self.fc = layers.linear(in_planes, num_classes)
-
-    def __call__(self, x: jax.Array, *, train: bool) -> ModelOutput:
-        check_input(x, spatial_dims=2, channels=3, model=type(self).__name__)
-        x = nnx.relu(self.stem(x, train=train))
-        for block in self.blocks:
-            x = block(x, train=train)
-        features = global_avg_pool(x)
-        return ModelOutput(features, self.fc(features))
 
 
 class ShuffleV2Block(nnx.Module):
@@ -128,7 +113,7 @@ class ShuffleV2DownBlock(nnx.Module):
         return channel_shuffle(jnp.concatenate([left, right], axis=-1), 2)
 
 
-class ShuffleNetV2(nnx.Module):
+class ShuffleNetV2(BlockStack):
     """ShuffleNet V2: per stage one down-sampling block then ``stage_sizes[i]`` basic blocks."""
 
     def __init__(self, layers: Layers, *, stage_planes: Sequence[int], stage_sizes: Sequence[int],
@@ -143,14 +128,6 @@ class ShuffleNetV2(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.head = ConvBN(layers, in_planes, head_planes, 1)
         self.fc = layers.linear(head_planes, num_classes)
-
-    def __call__(self, x: jax.Array, *, train: bool) -> ModelOutput:
-        check_input(x, spatial_dims=2, channels=3, model=type(self).__name__)
-        x = nnx.relu(self.stem(x, train=train))
-        for block in self.blocks:
-            x = block(x, train=train)
-        features = global_avg_pool(nnx.relu(self.head(x, train=train)))
-        return ModelOutput(features, self.fc(features))
 
 
 # name -> factory(layers, *, num_classes)

@@ -3,24 +3,32 @@
     from pcjax import training
     results = training.run(config, workdir)      # config: an ml_collections.ConfigDict
     print(training.summary_table(config, results))
+
+Names are imported on first use, so a config file (which imports ``pcjax.training.config``)
+does not load the trainer, the input pipeline or the checkpointer.
 """
 
-from pcjax.training.checkpoint import CheckpointError
-from pcjax.training.config import ConfigError, base_config, phase_config, validate
-from pcjax.training.sharding import make_mesh
-from pcjax.training.state import TrainState
-from pcjax.training.trainer import TrainingDivergedError, default_workdir, run, summary_table
+import importlib
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "TrainState",
-    "TrainingDivergedError",
-    "base_config",
-    "default_workdir",
-    "make_mesh",
-    "phase_config",
-    "run",
-    "summary_table",
-    "validate",
-]
+_LAZY = {
+    "CheckpointError": "pcjax.training.checkpoint",
+    "ConfigError": "pcjax.training.config",
+    "TrainState": "pcjax.training.state",
+    "TrainingDivergedError": "pcjax.training.trainer",
+    "base_config": "pcjax.training.config",
+    "default_workdir": "pcjax.training.trainer",
+    "make_mesh": "pcjax.training.sharding",
+    "phase_config": "pcjax.training.config",
+    "run": "pcjax.training.trainer",
+    "summary_table": "pcjax.training.trainer",
+    "validate": "pcjax.training.config",
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pcjax.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+__all__ = sorted(_LAZY)

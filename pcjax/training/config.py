@@ -215,15 +215,19 @@ def check_batch_sizes(config: ml_collections.ConfigDict, num_train_examples: int
             )
 
 
+def _check_split(key: str, batch_size: int, num_devices: int):
+    from pcjax.data.pipeline import check_batch_split  # imports grain: only when validating
+
+    try:
+        check_batch_split(batch_size, num_devices, "devices of the data mesh", f"config.{key}")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def _check_phase(prefix: str, phase: ml_collections.ConfigDict, num_devices: int):
     if phase.batch_size <= 0:
         _fail(f"{prefix}.batch_size", f"must be positive, got {phase.batch_size}")
-    if phase.batch_size % num_devices:
-        _fail(
-            f"{prefix}.batch_size",
-            f"global batch size {phase.batch_size} is not divisible by the {num_devices} devices "
-            "of the data mesh; use a multiple of the device count",
-        )
+    _check_split(f"{prefix}.batch_size", phase.batch_size, num_devices)
     if (
         phase.num_steps < 0
         or phase.num_epochs < 0
@@ -282,7 +286,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
     Raises:
         ConfigError: naming the offending key (``config.student.train.batch_size: ...``).
     """
-    from pcjax import data, losses, models  # Registries; imported late so schema-only use is light.
+    # The registries import TFDS, grain and flax: only a validation pays for them, not a config.
+    from pcjax import data, losses, models
 
     try:
         data.spec(config.dataset, data_dir=config.data_dir or None)
@@ -317,12 +322,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
         _fail("num_devices", f"must be >= 0 (0 = all devices), got {config.num_devices}")
     for role in ("teacher", "student"):
         _check_phase(f"{role}.train", config[role].train, num_devices)
-    if config.eval.batch_size <= 0 or config.eval.batch_size % num_devices:
-        _fail(
-            "eval.batch_size",
-            f"must be a positive multiple of the {num_devices} devices, got "
-            f"{config.eval.batch_size}",
-        )
+    if config.eval.batch_size <= 0:
+        _fail("eval.batch_size", f"must be positive, got {config.eval.batch_size}")
+    _check_split("eval.batch_size", config.eval.batch_size, num_devices)
     if config.eval.knn_k <= 0:
         _fail("eval.knn_k", f"must be positive, got {config.eval.knn_k}")
     if config.eval.pc_chunk_size < 0:

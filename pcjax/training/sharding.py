@@ -16,7 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-DATA_AXIS = "data"
+from pcjax.data.pipeline import DATA_AXIS, check_batch_split
 
 
 def _env_int(name: str) -> int | None:
@@ -111,12 +111,8 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(global_batch_size: int, mesh: Mesh, key: str) -> None:
     """Raises ValueError naming `key` when the global batch does not split evenly over the mesh."""
-    n = mesh.shape[DATA_AXIS]
-    if global_batch_size % n:
-        raise ValueError(
-            f"config.{key}: global batch size {global_batch_size} is not divisible by the "
-            f"{n} devices of the data mesh"
-        )
+    parts = mesh.shape[DATA_AXIS]
+    check_batch_split(global_batch_size, parts, "devices of the data mesh", f"config.{key}")
 
 
 def to_host(tree):
