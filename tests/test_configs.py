@@ -127,6 +127,13 @@ def test_every_registered_loss_traces_in_a_distillation_step(loss):
     assert _trace_distillation(config)["transfer"].shape == ()
 
 
+def test_mnist1d_accepts_the_conv_student_by_override():
+    config = get_config("mnist1d", None)
+    config.student.model = "mnist1d_small_cnn"  # as --config.student.model=mnist1d_small_cnn
+    config_lib.validate(config, num_devices=1)
+    assert _trace_distillation(config)["transfer"].shape == ()
+
+
 # Compiling the big CIFAR and ImageNet models takes minutes on a 2-core CPU, so the default suite
 # runs a real step for mnist1d and the cheapest CIFAR pair only; `pytest -m slow tests/test_configs.py` runs the rest.
 CHEAP = (("mnist1d", None), ("cifar100", "vgg13_vgg8"))
