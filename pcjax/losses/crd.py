@@ -43,10 +43,11 @@ N = 50,000 (CIFAR) and 1.3 GB for N = 1.28M (ImageNet) at feat_dim = 128.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from typing import NamedTuple
 
 _EPS = 1e-7  # RepDistiller's ContrastLoss eps
 
