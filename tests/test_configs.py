@@ -120,10 +120,24 @@ def test_config_distillation_step_traces(name, arg):
     assert {"loss", "ce", "kd", "transfer"} <= set(metrics)
 
 
-@pytest.mark.parametrize("loss", sorted(losses.names()))
+@pytest.mark.parametrize("loss", sorted(n for n in losses.names() if not losses.get(n).stateful))
 def test_every_registered_loss_traces_in_a_distillation_step(loss):
     config = get_config("digits", None)
     config.distill.loss = loss
+    assert _trace_distillation(config)["transfer"].shape == ()
+
+
+def test_stateful_loss_is_rejected_until_the_loop_carries_its_state():
+    config = get_config("digits", None)
+    config.distill.loss = "crd"
+    with pytest.raises(config_lib.ConfigError, match="distill.loss.*memory banks"):
+        config_lib.validate(config, num_devices=1)
+
+
+def test_mnist1d_accepts_the_conv_student_by_override():
+    config = get_config("mnist1d", None)
+    config.student.model = "mnist1d_small_cnn"  # as --config.student.model=mnist1d_small_cnn
+    config_lib.validate(config, num_devices=1)
     assert _trace_distillation(config)["transfer"].shape == ()
 
 

@@ -65,6 +65,7 @@ EXPECTED_PARAMS = {
     "digits_student": (10, 6_274),
     "mnist1d_cnn": (10, 53_098),
     "mnist1d_student": (10, 5_034),
+    "mnist1d_small_cnn": (10, 1_046),
 }
 
 PUBLISHED_MILLIONS = {
@@ -195,6 +196,7 @@ def reference_count(name, n):
         "digits_student": lambda n: _convnet(9, 1, (8, 16, 32), n),
         "mnist1d_cnn": lambda n: _convnet(5, 1, (32, 64, 128), n),
         "mnist1d_student": lambda n: _fc(40, 64) + _fc(64, 32) + _fc(32, n),
+        "mnist1d_small_cnn": lambda n: _convnet(5, 1, (4, 8, 16), n),
     }[name](n)
 
 

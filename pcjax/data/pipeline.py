@@ -5,7 +5,9 @@ e is a permutation of the N examples drawn by grain's random-access index shuffl
 derived from (seed, e). Global batch k is the stream positions [k B, (k + 1) B), B the global batch
 size, so batches never straddle a gap: every batch is full (nothing to drop) and no example is
 skipped at an epoch boundary. The example at stream position g is augmented with randomness keyed
-by (seed, g) (`augment.example_rng`). Batch k is therefore a pure function of (seed, k): a run
+by (seed, g) (`augment.example_rng`). Each training example carries `index`, its position in the
+split (the row it was read from), which is global whatever the sharding: stateful losses key
+per-example memory on it (`pcjax.losses.crd`). Batch k is a pure function of (seed, k): a run
 resumed with `start_step=k` sees exactly the batches an uninterrupted run sees from step k on, for
 any number of reading threads or processes.
 
@@ -63,7 +65,7 @@ def train_batches(
     read_options: grain.ReadOptions | None = None,
     worker_count: int = 0,
 ) -> Iterator[Batch]:
-    """Endless training batches {"image", "label"}; batch k depends only on (seed, k).
+    """Endless training batches {"image", "label", "index"}; batch k depends only on (seed, k).
 
     Close the returned generator (``.close()``) when done with it: that stops the reading threads.
 
@@ -82,7 +84,8 @@ def train_batches(
 
     Yields:
       {"image": float32 (B, *spec(name).image_shape) normalized,
-       "label": int32 (B,)}: the whole global batch with a mesh, else this process's rows.
+       "label": int32 (B,), "index": int32 (B,) each example's position in the split}: the whole
+      global batch with a mesh, else this process's rows.
     """
     _check_int("seed", seed, lower=0, upper=_MAX_SEED)
     _check_int("start_step", start_step, lower=0)
@@ -92,10 +95,12 @@ def train_batches(
         raise ValueError(f"Split {split!r} of {name!r} is empty.")
     rows = _process_rows(global_batch_size, mesh)
     shuffle_seed = int(np.random.SeedSequence([seed, _SHUFFLE_STREAM]).generate_state(1)[0])
-    # grain reseeds the shuffle of epoch e with shuffle_seed + e.
-    stream = grain.MapDataset.source(examples).shuffle(seed=shuffle_seed).repeat()
+    # grain reseeds the shuffle of epoch e with shuffle_seed + e. The stream holds split positions
+    # (the same permutation as shuffling the examples themselves), read by _load_train_example.
+    stream = grain.MapDataset.range(len(examples)).shuffle(seed=shuffle_seed).repeat()
     load = functools.partial(
         _load_train_example,
+        examples=examples,
         stream=stream,
         spec=dataset_spec,
         rows=rows,
@@ -150,13 +155,15 @@ def _stream_position(j: int, rows: np.ndarray, global_batch_size: int) -> int:
     return step * global_batch_size + int(rows[r])
 
 
-def _load_train_example(j, *, stream, spec, rows, global_batch_size, seed):
+def _load_train_example(j, *, examples, stream, spec, rows, global_batch_size, seed):
     position = _stream_position(j, rows, global_batch_size)
-    example = stream[position]
+    index = stream[position]
+    example = examples[index]
     rng = example_rng(seed, position) if seed is not None else None
     return {
         "image": preprocess(example["image"], spec, rng=rng),
         "label": np.int32(example["label"]),
+        "index": np.int32(index),
     }
 
 

@@ -6,12 +6,14 @@
 ``spec.inputs`` says which model output the loss consumes ("features" or "logits");
 ``spec.projection == "linear"`` means the student side must first pass through a learned linear map
 to the teacher's width, trained with the student (FitNet's regressor, CC's embedding).
+``spec.stateful`` marks CRD, which is not a plain ``fn(student_x, teacher_x)``: see `crd`.
 """
 
 import dataclasses
 from collections.abc import Callable
 from typing import Literal
 
+from pcjax.losses import crd
 from pcjax.losses.baselines import cc, fitnet, kd, pkt, rkd, sp
 from pcjax.losses.perception_coherence import pc_score, perception_coherence_loss
 
@@ -28,6 +30,10 @@ class LossSpec:
       default_weight: the weight of this term in CE + weight * loss (RepDistiller's beta; for KD,
         its alpha).
       accepts_mask: whether ``fn`` takes ``mask=`` (a (B,) bool of valid samples).
+      stateful: the loss keeps state across steps and reads each example's dataset index: ``fn``
+        is ``crd.crd_loss(state, emb_s, emb_t, contrast_idx)``, fed by its own embedding heads
+        (``crd.CRDHeads``), with negatives from ``crd.sample_contrast_indices`` and the memory
+        written by ``crd.update_banks`` after each step.
     """
 
     fn: Callable
@@ -35,6 +41,7 @@ class LossSpec:
     projection: Literal["linear"] | None
     default_weight: float
     accepts_mask: bool = False
+    stateful: bool = False
 
 
 # perception_coherence's weight is not from a reference: 10 makes the loss of an unrelated student
@@ -50,6 +57,7 @@ _REGISTRY = {
     "pkt": LossSpec(pkt, "features", None, 30000.0),
     "sp": LossSpec(sp, "features", None, 3000.0),
     "cc": LossSpec(cc, "features", "linear", 0.02),
+    "crd": LossSpec(crd.crd_loss, "features", None, 0.8, stateful=True),
 }
 
 
@@ -66,6 +74,6 @@ def get(name: str) -> LossSpec:
 
 
 __all__ = [
-    "LossSpec", "cc", "fitnet", "get", "kd", "names", "pc_score", "perception_coherence_loss",
-    "pkt", "rkd", "sp",
+    "LossSpec", "cc", "crd", "fitnet", "get", "kd", "names", "pc_score",
+    "perception_coherence_loss", "pkt", "rkd", "sp",
 ]

@@ -11,7 +11,8 @@ random keys.
 Families: CIFAR (32x32x3) ``resnet{8,14,20,32,44,56,110}``, ``resnet{8,32}x4``, ``resnet50``,
 ``wrn_{16,40}_{1,2}``, ``vgg{8,11,13,16,19}``, ``mobilenetv2``, ``shufflev1``, ``shufflev2``
 (the RepDistiller zoo); ImageNet (224x224x3) ``imagenet_resnet{18,34,50}``; offline
-``digits_cnn``, ``digits_student`` (8x8x1) and ``mnist1d_cnn``, ``mnist1d_student`` (40x1).
+``digits_cnn``, ``digits_student`` (8x8x1) and ``mnist1d_cnn``, ``mnist1d_student``,
+``mnist1d_small_cnn`` (40x1).
 
 Example::
 

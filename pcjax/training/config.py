@@ -310,6 +310,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
             "distill.loss",
             f"unknown loss {config.distill.loss!r}; known: {', '.join(losses.names())}",
         )
+    elif losses.get(config.distill.loss).stateful:
+        _fail(
+            "distill.loss",
+            f"{config.distill.loss!r} keeps memory banks across steps, which the training loop "
+            "does not carry yet",
+        )
     for key in ("beta", "alpha", "gamma"):
         value = config.distill[key]
         if value is not None and value < 0:
