@@ -25,10 +25,11 @@ from pcjax.training.loop import Context, TrainingDivergedError, last_checkpoint,
 from pcjax.training.report import summary_table
 
 __all__ = ["Context", "Model", "TrainingDivergedError", "default_workdir", "evaluate",
-           "last_checkpoint", "run", "student_phase", "summary_table", "teacher_phase"]
+           "last_checkpoint", "pc_metrics", "run", "student_phase", "summary_table",
+           "teacher_phase"]
 
 
-def _pc_metrics(cfg) -> dict[str, str]:
+def pc_metrics(cfg) -> dict[str, str]:
     """The dissimilarities pc_score uses: those of the perception coherence loss if configured."""
     kwargs = cfg.distill.loss_kwargs
     return {k: kwargs.get(k, "euclidean") for k in ("student_metric", "teacher_metric")}
@@ -52,7 +53,7 @@ def _eval_fn(ctx: Context, phase: build.Phase, teacher: Model | None):
         return {
             "top1": evaluation.top1(pred),
             "pc_score": evaluation.coherence(
-                pred, teacher_test, chunk_size=cfg.eval.pc_chunk_size, **_pc_metrics(cfg)
+                pred, teacher_test, chunk_size=cfg.eval.pc_chunk_size, **pc_metrics(cfg)
             ),
         }
 
@@ -152,7 +153,7 @@ def evaluate(ctx: Context, teacher: Model, student: Model) -> dict[str, float]:
         ).items():
             results[f"{name}/{k}"] = v
     results["student/pc_score"] = evaluation.coherence(
-        preds[STUDENT], preds[TEACHER], chunk_size=cfg.eval.pc_chunk_size, **_pc_metrics(cfg)
+        preds[STUDENT], preds[TEACHER], chunk_size=cfg.eval.pc_chunk_size, **pc_metrics(cfg)
     )
     return results
 
