@@ -3,8 +3,8 @@
 Each config resolves, validates, and documents its run command; its distillation step traces
 under ``jax.eval_shape`` (teacher and student built, the loss and optimizer constructed, the whole
 step traced with abstract arrays: nothing is compiled or run). Every config also runs a real
-jitted distillation step on random data; by default only mnist1d and the cheapest CIFAR pair (vgg13 -> vgg8)
-do, the others are marked ``slow`` (compiling the big models takes minutes on a 2-core CPU):
+jitted distillation step on random data; by default only mnist1d and the cheapest CIFAR pair
+(vgg13 -> vgg8) do, the others are marked ``slow`` (compiling the big models takes minutes on a 2-core CPU):
 ``pytest -m slow tests/test_configs.py`` runs them. The teacher's supervised step is run
 end to end by the digits tests in test_training.py.
 """
@@ -115,7 +115,8 @@ def test_every_registered_loss_traces_in_a_distillation_step(loss):
 
 
 # Compiling the big CIFAR and ImageNet models takes minutes on a 2-core CPU, so the default suite
-# runs a real step for mnist1d and the cheapest CIFAR pair only; `pytest -m slow tests/test_configs.py` runs the rest.
+# runs a real step for mnist1d and the cheapest CIFAR pair only; `pytest -m slow
+# tests/test_configs.py` runs the rest.
 CHEAP = (("mnist1d", None), ("cifar100", "vgg13_vgg8"))
 REAL_STEP_CASES = [
     case if case in CHEAP else pytest.param(*case, marks=pytest.mark.slow)
