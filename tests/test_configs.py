@@ -4,9 +4,10 @@ Each config resolves, validates, and documents its run command; its distillation
 under ``jax.eval_shape`` (teacher and student built, the loss and optimizer constructed, the whole
 step traced with abstract arrays: nothing is compiled or run). Every config also runs a real
 jitted distillation step on random data; by default only mnist1d and the cheapest CIFAR pair
-(vgg13 -> vgg8) do, the others are marked ``slow`` (compiling the big models takes minutes on a 2-core CPU):
-``pytest -m slow tests/test_configs.py`` runs them. The teacher's supervised step is run
-end to end by the digits tests in test_training.py.
+(vgg13 -> vgg8) do, the others are marked ``slow`` (compiling the big models takes minutes on a
+2-core CPU): ``pytest -m slow tests/test_configs.py`` runs them. Steps come from
+``pcjax.training.build``, as train.py's do. The teacher's supervised step is run end to end by
+the digits tests in test_training.py.
 """
 
 import importlib.util
