@@ -80,16 +80,16 @@ METHODS = (
 
 def method_config(dataset: str, method: Method, *, seed: int, steps: int, teacher_steps: int,
                   batch_size: int):
-    """The train.py config of one run: `method`'s student at `seed` (learning rate 1, scaled per
-    population member), the teacher at TEACHER_SEED and TEACHER_LR."""
+    """The train.py config of one run: `method`'s student at `seed`, the teacher (seeded by
+    TEACHER_SEED). Base learning rate 1: each population member scales it by its own."""
     config = config_lib.base_config()
     config.dataset, config.seed = dataset, seed
     config.teacher.model, config.student.model = MODELS[dataset]
     config.train_split, config.eval_split, config.eval.probe_train_split = TRAIN, TEST, TRAIN
-    for role, n, lr in (("teacher", teacher_steps, TEACHER_LR), ("student", steps, 1.0)):
+    for role, n in (("teacher", teacher_steps), ("student", steps)):
         config[role].train = config_lib.phase_config(
             batch_size=batch_size, num_steps=n, augment=False, schedule=dict(name="constant"),
-            optimizer=dict(name="adamw", learning_rate=lr, weight_decay=0.0),
+            optimizer=dict(name="adamw", learning_rate=1.0, weight_decay=0.0),
         )
     if method.loss is None:  # The references: cross-entropy alone (a KD term would be unused).
         config.distill.update(protocol="class_aware", loss="kd", gamma=1.0, alpha=0.0, beta=0.0)
@@ -115,31 +115,33 @@ def train(phase: build.Phase, config, seeds, repeat: int, mesh):
     return state
 
 
-def score(phase: build.Phase, state, config, mesh, teacher_test=None) -> dict:
-    """Per-member scores (each (P,)) of a population's frozen models, as train.py evaluates."""
+def score(phase: build.Phase, state, config, mesh, teacher_test=None) -> tuple[dict, list]:
+    """Per-member scores (each (P,)) of a population's frozen models, scored as train.py's
+    evaluation does, and every member's test-split predictions."""
     forward = build.jit_forward(phase.forward, mesh)
-    scores = []
-    for i in range(jax.tree.leaves(state)[0].shape[0]):
+    num_classes = data.spec(config.dataset).num_classes
+    scores, tests = [], []
+    for i in range(int(state.step.shape[0])):
         variables = state_lib.export_variables(jax.tree.map(lambda x, i=i: x[i], state))
         pred = {k: evaluation.predict(forward, variables, data.eval_batches(
             config.dataset, split, global_batch_size=config.eval.batch_size, mesh=mesh))
             for k, split in SPLITS.items()}
-        quality = {k: evaluation.feature_quality(
-            pred["train"], pred[k], knn_k=config.eval.knn_k,
-            num_classes=data.spec(config.dataset).num_classes) for k in ("validation", "test")}
+        validation, test = (evaluation.feature_quality(pred["train"], pred[k],
+                                                       knn_k=config.eval.knn_k,
+                                                       num_classes=num_classes)
+                            for k in ("validation", "test"))
+        tests.append(pred["test"])
         scores.append({
-            "validation_probe": quality["validation"]["linear_probe"],
+            "validation_probe": validation["linear_probe"],
             "validation_top1": evaluation.top1(pred["validation"]),
-            "probe": quality["test"]["linear_probe"],
-            "knn": quality["test"]["knn"],
+            "probe": test["linear_probe"],
+            "knn": test["knn"],
             "top1": evaluation.top1(pred["test"]),
             "pc_score": np.nan if teacher_test is None else evaluation.coherence(
                 pred["test"], teacher_test, chunk_size=config.eval.pc_chunk_size,
                 **trainer.pc_metrics(config)),
-            "test": pred["test"],
         })
-    return {k: np.array([s[k] for s in scores]) if k != "test" else [s[k] for s in scores]
-            for k in scores[0]}
+    return {k: np.array([s[k] for s in scores]) for k in scores[0]}, tests
 
 
 def run(dataset: str, seeds: int, learning_rates: tuple[float, ...], steps: int,
@@ -149,11 +151,10 @@ def run(dataset: str, seeds: int, learning_rates: tuple[float, ...], steps: int,
     budget = dict(steps=steps, teacher_steps=teacher_steps, batch_size=batch_size)
     start = time.perf_counter()
     config = method_config(dataset, METHODS[0], seed=TEACHER_SEED, **budget)
-    phase = build.teacher_phase(config, mesh, population=True)
-    phase = build.population([phase], [1.0])
+    # A population of one, so the students' training and scoring code serves the teacher too.
+    phase = build.population([build.teacher_phase(config, mesh, population=True)], [TEACHER_LR])
     state = train(phase, config, [config.seed], 1, mesh)
-    teacher_scores = score(phase, state, config, mesh)
-    teacher_test = teacher_scores.pop("test")[0]
+    teacher_scores, (teacher_test,) = score(phase, state, config, mesh)
     teacher = build.Model(phase.graphdef, state_lib.export_variables(
         jax.tree.map(lambda x: x[0], state)))
     results = {"teacher": {"scores": teacher_scores, "lr": TEACHER_LR,
@@ -170,10 +171,8 @@ def run(dataset: str, seeds: int, learning_rates: tuple[float, ...], steps: int,
                                  list(learning_rates) * seeds)
         state = phase.state
         if method.trained:
-            state = train(phase, configs[0], [c.seed + 1 for c in configs], len(learning_rates),
-                          mesh)
-        scores = score(phase, state, configs[0], mesh, teacher_test)
-        del scores["test"]
+            state = train(phase, configs[0], [m.seed for m in members], len(learning_rates), mesh)
+        scores, _ = score(phase, state, configs[0], mesh, teacher_test)
         scores = {k: v.reshape(seeds, len(learning_rates)) for k, v in scores.items()}
         selection = "validation_top1" if method.loss is None else "validation_probe"
         best = int(np.argmax(scores[selection].mean(axis=0))) if method.trained else 0
