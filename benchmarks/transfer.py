@@ -1,8 +1,8 @@
 """Class-unaware transfer on the offline datasets: every method, same budget, mean ± std over seeds.
 
-The class-unaware transfer protocol (README, "Class-unaware transfer"). One teacher per dataset is trained with cross-entropy; then one
-student per method learns from the teacher's features alone (inputs and teacher features, no
-labels), with the method's transfer loss alone:
+The class-unaware transfer protocol (README, "Class-unaware transfer"). One teacher per dataset is
+trained with cross-entropy; then one student per method learns from the teacher's features alone
+(inputs and teacher features, no labels), with the method's transfer loss alone:
 
     perception coherence (objective "mse" and "spearman"), RKD, PKT, SP, CC, FitNet
     (``pcjax.losses.get(name)``, each at its registry weight; FitNet and CC train their linear
@@ -13,14 +13,18 @@ plus two references: "no transfer" (the student at initialization, trained on no
 features are then scored on the test split by a linear probe and by kNN (both fitted on the
 training part) and by ``pc_score`` against the teacher's test features.
 
+Every run is a train.py config (`method_config`) built, stepped and evaluated by the library's
+code: ``pcjax.training.build`` makes the phases and their step, ``pcjax.training.evaluation``
+scores the models as train.py's evaluation does (same probe, same kNN k, same pc_score).
+
 Splits: models train on "train[:90%]"; "train[90%:]" is the validation split that picks each
 method's learning rate (best mean validation linear-probe accuracy over the seeds; top-1 accuracy
 for the supervised student); the test split is only used for the reported numbers.
 
-Budget: every student gets the same number of Adam steps at the same batch size, at each of the
-learning rates of the sweep, for every seed. Seed s fixes the student's initialization and its
-batch order. All (seed, learning rate) pairs of one method train together as one vmapped
-population: one compiled step per method.
+Budget: every student gets the same number of adamw steps (no weight decay, constant rate) at the
+same batch size, at each of the learning rates of the sweep, for every seed. Seed s fixes the
+student's initialization and its batch order. All (seed, learning rate) pairs of one method train
+together as one population (``build.population``: the library's step vmapped over the members).
 
     python benchmarks/transfer.py --dataset digits --seeds 5
     python benchmarks/transfer.py --dataset mnist1d --seeds 5
@@ -32,24 +36,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
-from pcjax import data, losses, metrics, models
-from pcjax.training.state import Student, TrainState, merge, split
-from pcjax.training.steps import cross_entropy
+from pcjax import data
+from pcjax.training import build, evaluation, sharding, trainer
+from pcjax.training import config as config_lib
+from pcjax.training import state as state_lib
 
 MODELS = {"digits": ("digits_cnn", "digits_student"), "mnist1d": ("mnist1d_cnn", "mnist1d_student")}
 TRAIN, VALIDATION, TEST = "train[:90%]", "train[90%:]", "test"
-TEACHER_SEED = 1000
-KNN_K = 20
+SPLITS = {"train": TRAIN, "validation": VALIDATION, "test": TEST}
+TEACHER_SEED, TEACHER_LR = 1000, 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,197 +78,103 @@ METHODS = (
 )
 
 
-# ----------------------------------------------------------------------------- data
+def method_config(dataset: str, method: Method, *, seed: int, steps: int, teacher_steps: int,
+                  batch_size: int):
+    """The train.py config of one run: `method`'s student at `seed`, the teacher (seeded by
+    TEACHER_SEED). Base learning rate 1: each population member scales it by its own."""
+    config = config_lib.base_config()
+    config.dataset, config.seed = dataset, seed
+    config.teacher.model, config.student.model = MODELS[dataset]
+    config.train_split, config.eval_split, config.eval.probe_train_split = TRAIN, TEST, TRAIN
+    for role, n in (("teacher", teacher_steps), ("student", steps)):
+        config[role].train = config_lib.phase_config(
+            batch_size=batch_size, num_steps=n, augment=False, schedule=dict(name="constant"),
+            optimizer=dict(name="adamw", learning_rate=1.0, weight_decay=0.0),
+        )
+    if method.loss is None:  # The references: cross-entropy alone (a KD term would be unused).
+        config.distill.update(protocol="class_aware", loss="kd", gamma=1.0, alpha=0.0, beta=0.0)
+    else:
+        config.distill.update(protocol="class_unaware", loss=method.loss)
+        config.distill.loss_kwargs.update(dict(method.kwargs))
+    return config
 
 
-def load_split(dataset: str, split: str) -> tuple[jax.Array, jax.Array]:
-    """The whole split as normalized (N, *image_shape) float32 images and (N,) int32 labels."""
-    size = len(data.source(dataset, split))
-    batch = next(data.eval_batches(dataset, split, global_batch_size=size))
-    return jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
+def train(phase: build.Phase, config, seeds, repeat: int, mesh):
+    """Trains a population (member j: ``seeds[j // repeat]``'s batch order); the final state."""
+    step, state = jax.jit(phase.step, donate_argnums=0), phase.state
+    pipelines = [data.train_batches(config.dataset, split=TRAIN, global_batch_size=config[
+        phase.name].train.batch_size, seed=seed, mesh=mesh, augment=False) for seed in seeds]
+    try:
+        for _ in range(phase.steps.total):
+            batches = [next(p) for p in pipelines for _ in range(repeat)]
+            batch = {k: jnp.stack([b[k] for b in batches]) for k in ("image", "label")}
+            state, _ = step(state, batch, phase.teacher)
+    finally:
+        for p in pipelines:
+            p.close()
+    return state
 
 
-# ----------------------------------------------------------------------------- training
-
-
-def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
-    # The learning rate lives in the optimizer state, so one vmapped population can sweep it.
-    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
-
-
-def init_population(model_fn, seeds, learning_rates):
-    """Stacked (len(seeds) * len(learning_rates)) train states, seed-major, and the graph."""
-    tx = make_optimizer(0.0)
-    states = []
-    for seed in seeds:
-        graphdef, params, rng_state, model_state = split(model_fn(seed))
-        for learning_rate in learning_rates:
-            opt_state = tx.init(params)
-            opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
-            states.append(TrainState(jnp.zeros((), jnp.int32), params, model_state, opt_state))
-    return graphdef, rng_state, jax.tree.map(lambda *x: jnp.stack(x), *states)
-
-
-def make_population_step(graphdef, loss_fn, batch_size: int):
-    """``step(states, keys, rng_state, images, targets) -> states``: one Adam step of every member.
-
-    Args of the step:
-      states: stacked TrainStates (P members), donated.
-      keys: (P,) keys; member p draws its batch k (without replacement) from
-        ``fold_in(keys[p], k)``.
-      rng_state: the model's rng state (shared; the models draw no random numbers).
-      images: (N, ...) training inputs.
-      targets: (N, ...) what ``loss_fn(student, images, targets) -> scalar`` compares the student
-        with (teacher features or labels).
-    """
-    tx = make_optimizer(0.0)
-
-    def step(state, key, rng_state, images, targets):
-        index = jax.random.permutation(jax.random.fold_in(key, state.step), images.shape[0])
-        index = index[:batch_size]
-
-        def objective(params):
-            student = merge(graphdef, params, rng_state, state.model_state)
-            return loss_fn(student, images[index], targets[index]), split(student)[3]
-
-        (_, model_state), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(state.step + 1, params, model_state, opt_state)
-
-    return jax.jit(jax.vmap(step, in_axes=(0, 0, None, None, None)), donate_argnums=0)
-
-
-def train_population(states, rng_state, keys, images, targets, *, graphdef, loss_fn, steps,
-                     batch_size):
-    """Trains every member of a population for `steps` Adam steps; returns the final states.
-
-    The steps run from Python, one jitted call each: XLA:CPU runs the convolutions of a
-    ``lax.fori_loop`` body far slower (about 30x for these nets) than those of a top-level program.
-    """
-    step = make_population_step(graphdef, loss_fn, batch_size)
-    for _ in range(steps):
-        states = step(states, keys, rng_state, images, targets)
-    return states
-
-
-def transfer_loss(student, images, teacher_features, *, spec, kwargs):
-    """weight * transfer(project(student features), teacher features): no labels involved."""
-    out = student(images, train=True)
-    return spec.default_weight * spec.fn(student.project(out.features), teacher_features,
-                                         **dict(kwargs))
-
-
-def supervised_loss(model, images, labels):
-    return cross_entropy(model(images, train=True).logits, labels)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def population_outputs(states, rng_state, images, *, graphdef):
-    """Eval-mode ModelOutput of every member: features (P, N, D), logits (P, N, C)."""
-
-    def one(state):
-        return merge(graphdef, state.params, rng_state, state.model_state)(images, train=False)
-
-    return jax.vmap(one)(states)
-
-
-@functools.partial(jax.jit, static_argnames=("num_classes",))
-def score_population(outputs, labels, teacher_test_features, *, num_classes):
-    """Per-member scores (each (P,)) from the eval outputs of the three splits.
-
-    Args:
-      outputs: {"train", "validation", "test"} -> ModelOutput with a leading member axis.
-      labels: {"train", "validation", "test"} -> (N,) labels.
-      teacher_test_features: (N_test, D_T).
-    """
-
-    def one(train, validation, test):
-        probe = functools.partial(metrics.linear_probe_accuracy, train.features, labels["train"],
-                                  num_classes=num_classes)
-        knn = functools.partial(metrics.knn_accuracy, train.features, labels["train"], k=KNN_K,
-                                num_classes=num_classes)
-        return {
-            "validation_probe": probe(validation.features, labels["validation"]),
-            "validation_top1": metrics.accuracy(validation.logits, labels["validation"]),
-            "probe": probe(test.features, labels["test"]),
-            "knn": knn(test.features, labels["test"]),
-            "pc_score": metrics.pc_score(test.features, teacher_test_features),
-            "top1": metrics.accuracy(test.logits, labels["test"]),
-        }
-
-    return jax.vmap(one)(outputs["train"], outputs["validation"], outputs["test"])
-
-
-# ----------------------------------------------------------------------------- the benchmark
+def score(phase: build.Phase, state, config, mesh, teacher_test=None) -> tuple[dict, list]:
+    """Per-member scores (each (P,)) of a population's frozen models, scored as train.py's
+    evaluation does, and every member's test-split predictions."""
+    forward = build.jit_forward(phase.forward, mesh)
+    num_classes = data.spec(config.dataset).num_classes
+    scores, tests = [], []
+    for i in range(int(state.step.shape[0])):
+        variables = state_lib.export_variables(jax.tree.map(lambda x, i=i: x[i], state))
+        pred = {k: evaluation.predict(forward, variables, data.eval_batches(
+            config.dataset, split, global_batch_size=config.eval.batch_size, mesh=mesh))
+            for k, split in SPLITS.items()}
+        validation, test = (evaluation.feature_quality(pred["train"], pred[k],
+                                                       knn_k=config.eval.knn_k,
+                                                       num_classes=num_classes)
+                            for k in ("validation", "test"))
+        tests.append(pred["test"])
+        scores.append({
+            "validation_probe": validation["linear_probe"],
+            "validation_top1": evaluation.top1(pred["validation"]),
+            "probe": test["linear_probe"],
+            "knn": test["knn"],
+            "top1": evaluation.top1(pred["test"]),
+            "pc_score": np.nan if teacher_test is None else evaluation.coherence(
+                pred["test"], teacher_test, chunk_size=config.eval.pc_chunk_size,
+                **trainer.pc_metrics(config)),
+        })
+    return {k: np.array([s[k] for s in scores]) for k in scores[0]}, tests
 
 
 def run(dataset: str, seeds: int, learning_rates: tuple[float, ...], steps: int,
         teacher_steps: int, batch_size: int) -> dict:
     """Trains the teacher and every method; returns the table's numbers."""
-    teacher_name, student_name = MODELS[dataset]
-    num_classes = data.spec(dataset).num_classes
-    splits = {"train": TRAIN, "validation": VALIDATION, "test": TEST}
-    images, labels = {}, {}
-    for key, split_name in splits.items():
-        images[key], labels[key] = load_split(dataset, split_name)
-
-    def evaluate(graphdef, rng_state, states):
-        outputs = {k: population_outputs(states, rng_state, images[k], graphdef=graphdef)
-                   for k in splits}
-        return outputs, jax.device_get(score_population(
-            outputs, labels, teacher_test_features, num_classes=num_classes))
-
+    mesh = sharding.make_mesh(1)
+    budget = dict(steps=steps, teacher_steps=teacher_steps, batch_size=batch_size)
     start = time.perf_counter()
-    teacher_fn = lambda seed: models.create(teacher_name, num_classes=num_classes,  # noqa: E731
-                                            rngs=nnx.Rngs(seed))
-    graphdef, rng_state, teacher = init_population(teacher_fn, [TEACHER_SEED], [1e-3])
-    teacher = train_population(
-        teacher, rng_state, jax.random.key(TEACHER_SEED)[None], images["train"], labels["train"],
-        graphdef=graphdef, loss_fn=supervised_loss, steps=teacher_steps, batch_size=batch_size)
-    teacher_features = {k: population_outputs(teacher, rng_state, images[k],
-                                              graphdef=graphdef).features[0] for k in splits}
-    teacher_test_features = teacher_features["test"]
-    _, teacher_scores = evaluate(graphdef, rng_state, teacher)
-    results = {"teacher": {"scores": teacher_scores, "lr": 1e-3,
+    config = method_config(dataset, METHODS[0], seed=TEACHER_SEED, **budget)
+    # A population of one, so the students' training and scoring code serves the teacher too.
+    phase = build.population([build.teacher_phase(config, mesh, population=True)], [TEACHER_LR])
+    state = train(phase, config, [config.seed], 1, mesh)
+    teacher_scores, (teacher_test,) = score(phase, state, config, mesh)
+    teacher = build.Model(phase.graphdef, state_lib.export_variables(
+        jax.tree.map(lambda x: x[0], state)))
+    results = {"teacher": {"scores": teacher_scores, "lr": TEACHER_LR,
                            "seconds": time.perf_counter() - start}}
-    print(f"teacher {teacher_name}: test top-1 {100 * teacher_scores['top1'][0]:.2f}% "
+    print(f"teacher {config.teacher.model}: test top-1 {100 * teacher_scores['top1'][0]:.2f}% "
           f"({results['teacher']['seconds']:.0f} s)", flush=True)
-
-    seed_list = list(range(seeds))
-    keys = jnp.stack([jax.random.key(seed) for seed in seed_list for _ in learning_rates])
-    student_width = nnx.eval_shape(
-        lambda: models.create(student_name, num_classes=num_classes, rngs=nnx.Rngs(0))(
-            images["test"][:1], train=False)).features.shape[-1]
     for method in METHODS:
         start = time.perf_counter()
-        spec = losses.get(method.loss) if method.loss else None
-        head_dims = None
-        if spec is not None and spec.projection == "linear":
-            head_dims = (student_width, teacher_test_features.shape[-1])
-
-        def student_fn(seed, head_dims=head_dims):
-            net = models.create(student_name, num_classes=num_classes, rngs=nnx.Rngs(seed))
-            return Student(net, head_dims, rngs=nnx.Rngs(seed + 1))
-
-        # The untrained population has the sweep's shape too (identical copies per seed), so the
-        # evaluation compiled for the trained students is reused.
-        graphdef, rng_state, states = init_population(student_fn, seed_list, learning_rates)
+        configs = [method_config(dataset, method, seed=s, **budget) for s in range(seeds)]
+        # Member (s, lr) of the seed-major population; the untrained references have the same
+        # shape (identical copies per seed).
+        members = [build.student_phase(c, mesh, teacher, population=True) for c in configs]
+        phase = build.population([m for m in members for _ in learning_rates],
+                                 list(learning_rates) * seeds)
+        state = phase.state
         if method.trained:
-            if spec is None:
-                loss_fn, targets = supervised_loss, labels["train"]
-            else:
-                loss_fn = functools.partial(transfer_loss, spec=spec, kwargs=method.kwargs)
-                targets = teacher_features["train"]
-            states = train_population(states, rng_state, keys, images["train"], targets,
-                                      graphdef=graphdef, loss_fn=loss_fn, steps=steps,
-                                      batch_size=batch_size)
-        _, scores = evaluate(graphdef, rng_state, states)
-        scores = {k: np.asarray(v).reshape(seeds, len(learning_rates)) for k, v in scores.items()}
-        selection = "validation_top1" if method.trained and spec is None else "validation_probe"
+            state = train(phase, configs[0], [m.seed for m in members], len(learning_rates), mesh)
+        scores, _ = score(phase, state, configs[0], mesh, teacher_test)
+        scores = {k: v.reshape(seeds, len(learning_rates)) for k, v in scores.items()}
+        selection = "validation_top1" if method.loss is None else "validation_probe"
         best = int(np.argmax(scores[selection].mean(axis=0))) if method.trained else 0
         results[method.label] = {
             "scores": {k: v[:, best] for k, v in scores.items()},
@@ -321,6 +229,7 @@ def verdicts(results: dict) -> list[str]:
 
 def markdown(dataset: str, results: dict, args, load: tuple[float, float], seconds: float) -> str:
     teacher_name, student_name = MODELS[dataset]
+    knn_k = config_lib.base_config().eval.knn_k  # train.py's
     lines = [
         f"## Class-unaware transfer, {dataset}: {teacher_name} -> {student_name}",
         "",
@@ -328,13 +237,13 @@ def markdown(dataset: str, results: dict, args, load: tuple[float, float], secon
         f"{args.steps} --teacher_steps {args.teacher_steps} --batch_size {args.batch_size} "
         f"--learning_rates {' '.join(str(lr) for lr in args.learning_rates)}`",
         "",
-        f"Students train on {TRAIN} for {args.steps} Adam steps of batch {args.batch_size} with "
+        f"Students train on {TRAIN} for {args.steps} adamw steps of batch {args.batch_size} with "
         "their transfer loss alone (no labels); the learning rate is chosen per method from "
         f"{{{', '.join(str(lr) for lr in args.learning_rates)}}} by mean validation "
         f"linear-probe accuracy on {VALIDATION} (validation top-1 for the supervised student). "
         f"Test split: {TEST}. Mean ± std (ddof=1) over {args.seeds} seeds; the teacher is one "
         f"model ({args.teacher_steps} steps, lr 0.001). Linear probe: L-BFGS logistic "
-        f"regression on standardized frozen features; kNN: k={KNN_K}, cosine, weighted vote; "
+        f"regression on standardized frozen features; kNN: k={knn_k}, cosine, weighted vote; "
         "pc_score: mean Spearman correlation of the student's and teacher's test-set "
         "dissimilarity rankings. Top-1 is only meaningful for models trained with labels.",
         "",

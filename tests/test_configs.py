@@ -3,10 +3,11 @@
 Each config resolves, validates, and documents its run command; its distillation step traces
 under ``jax.eval_shape`` (teacher and student built, the loss and optimizer constructed, the whole
 step traced with abstract arrays: nothing is compiled or run). Every config also runs a real
-jitted distillation step on random data; by default only mnist1d and the cheapest CIFAR pair (vgg13 -> vgg8)
-do, the others are marked ``slow`` (compiling the big models takes minutes on a 2-core CPU):
-``pytest -m slow tests/test_configs.py`` runs them. The teacher's supervised step is run
-end to end by the digits tests in test_training.py.
+jitted distillation step on random data; by default only mnist1d and the cheapest CIFAR pair
+(vgg13 -> vgg8) do, the others are marked ``slow`` (compiling the big models takes minutes on a
+2-core CPU): ``pytest -m slow tests/test_configs.py`` runs them. Steps come from
+``pcjax.training.build``, as train.py's do. The teacher's supervised step is run end to end by
+the digits tests in test_training.py.
 """
 
 import importlib.util
@@ -16,11 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from pcjax import data, losses
+from pcjax.training import build, sharding
 from pcjax.training import config as config_lib
-from pcjax.training import optim, sharding, trainer
 from pcjax.training import state as state_lib
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -86,32 +86,20 @@ def _abstract_batch(config, batch_size):
     }
 
 
-def _trace_step(step, model, tx, batch, *extra):
-    """eval_shape of one step from the abstract state of `model`; checks what comes out."""
-    _, params, _, model_state = model
-    state = state_lib.TrainState(
-        jax.ShapeDtypeStruct((), jnp.int32), params, model_state, jax.eval_shape(tx.init, params)
+def _trace_distillation(config, batch_size=4):
+    """eval_shape of one distillation step from the abstract state; checks what comes out."""
+    mesh = sharding.make_mesh(1)
+    teacher = build.abstract_teacher(config, mesh)
+    phase = build.student_phase(config, mesh, teacher, num_examples=50000, abstract=True)
+    state = phase.state
+    new_state, metrics = jax.eval_shape(
+        phase.step, state, _abstract_batch(config, batch_size), teacher.variables
     )
-    new_state, metrics = jax.eval_shape(step, state, *extra, batch)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
         assert (a.shape, a.dtype) == (b.shape, b.dtype)
     assert all(m.shape == () and m.dtype == jnp.float32 for m in jax.tree.leaves(metrics))
     return metrics
-
-
-def _optimizer(config, role):
-    phase = config[role].train
-    return optim.make_optimizer(phase, optim.resolve_steps(phase, 50000))
-
-
-def _trace_distillation(config, batch_size=4):
-    t_graph, t_params, t_rng, t_ms = state_lib.split(nnx.eval_shape(trainer.teacher_fn(config)))
-    teacher = trainer.Model(t_graph, t_rng, {"params": t_params, "model_state": t_ms})
-    student = state_lib.split(nnx.eval_shape(trainer.student_fn(config)))
-    tx, schedule = _optimizer(config, "student")
-    step = trainer.distill_step_fn(config, student[0], student[2], teacher, tx, schedule)
-    return _trace_step(step, student, tx, _abstract_batch(config, batch_size), teacher.variables)
 
 
 @pytest.mark.parametrize("name,arg", CASES)
@@ -142,7 +130,8 @@ def test_mnist1d_accepts_the_conv_student_by_override():
 
 
 # Compiling the big CIFAR and ImageNet models takes minutes on a 2-core CPU, so the default suite
-# runs a real step for mnist1d and the cheapest CIFAR pair only; `pytest -m slow tests/test_configs.py` runs the rest.
+# runs a real step for mnist1d and the cheapest CIFAR pair only; `pytest -m slow
+# tests/test_configs.py` runs the rest.
 CHEAP = (("mnist1d", None), ("cifar100", "vgg13_vgg8"))
 REAL_STEP_CASES = [
     case if case in CHEAP else pytest.param(*case, marks=pytest.mark.slow)
@@ -156,18 +145,10 @@ def test_config_runs_a_real_jitted_distillation_step(name, arg):
     """One step of the config's own distillation step, compiled and run on random inputs."""
     config = get_config(name, arg)
     mesh = sharding.make_mesh(1)
-    rep, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    phase = config.student.train
-    tx, schedule = optim.make_optimizer(phase, optim.resolve_steps(phase, 50000))
-    t_graph, t_rng, t_state = state_lib.create(trainer.teacher_fn(config), tx, rep)
-    teacher = trainer.Model(t_graph, t_rng, state_lib.export_variables(t_state))
-    graph, rng, state = state_lib.create(trainer.student_fn(config), tx, rep)
-    step = jax.jit(
-        trainer.distill_step_fn(config, graph, rng, teacher, tx, schedule),
-        in_shardings=(rep, rep, batch_sharding),
-        out_shardings=(rep, rep),
-        donate_argnums=0,
-    )
+    teacher = build.teacher_phase(config, mesh, num_examples=50000)
+    teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
+    phase = build.student_phase(config, mesh, teacher, num_examples=50000)
+    state, step = phase.state, build.jit_step(phase.step, mesh)
     dataset = data.spec(config.dataset)
     r = np.random.default_rng(0)
     batch = {
@@ -175,7 +156,8 @@ def test_config_runs_a_real_jitted_distillation_step(name, arg):
         "label": r.integers(0, dataset.num_classes, 4).astype(np.int32),
     }
     before = jax.device_get(state.params)
-    state, metrics = step(state, teacher.variables, batch)
+    with jax.set_mesh(mesh):
+        state, metrics = step(state, batch, teacher.variables)
     assert int(state.step) == 1
     assert all(np.isfinite(float(v)) for v in metrics.values())
     assert float(metrics["grad_norm"]) > 0

@@ -10,12 +10,10 @@ import jax
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 from jax.sharding import AxisType, PartitionSpec as P
 
 from pcjax.losses import perception_coherence_loss
-from pcjax.training import optim, sharding, trainer
-from pcjax.training import state as state_lib
+from pcjax.training import build, sharding
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from configs import digits  # noqa: E402
@@ -28,27 +26,17 @@ BATCH = 1024
 def _temp_bytes_of_digits_distill_step(mesh, *, under_mesh: bool) -> int:
     """Per-device XLA temporaries of the default config's real distillation step at BATCH."""
     cfg = digits.get_config()
-    rep = sharding.replicated(mesh)
-    tx, schedule = optim.make_optimizer(
-        cfg.student.train, optim.resolve_steps(cfg.student.train, 1797)
-    )
-    graphdef, rng_state, state = state_lib.create(trainer.student_fn(cfg), tx, rep)
-    t_graphdef, t_params, t_rng_state, t_model_state = state_lib.split(
-        nnx.eval_shape(trainer.teacher_fn(cfg))
-    )
-    teacher_variables = {"params": t_params, "model_state": t_model_state}
-    teacher = trainer.Model(t_graphdef, t_rng_state, teacher_variables)
-    step = trainer.jit_train_step(
-        mesh, trainer.distill_step_fn(cfg, graphdef, rng_state, teacher, tx, schedule), 1
-    )
+    teacher = build.abstract_teacher(cfg, mesh)
+    phase = build.student_phase(cfg, mesh, teacher, num_examples=1797, abstract=True)
+    step = build.jit_step(phase.step, mesh)
     rows = sharding.batch_sharded(mesh)
     batch = {
         "image": jax.ShapeDtypeStruct((BATCH, 8, 8, 1), np.float32, sharding=rows),
         "label": jax.ShapeDtypeStruct((BATCH,), np.int32, sharding=rows),
     }
-    args = (state, teacher_variables, batch)
+    args = (phase.state, batch, teacher.variables)
     if under_mesh:
-        with jax.set_mesh(mesh):  # As trainer._run_phase runs the step.
+        with jax.set_mesh(mesh):  # As loop.run_phase runs the step.
             compiled = step.lower(*args).compile()
     else:
         compiled = step.lower(*args).compile()

@@ -12,15 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
 from float32 import assert_close
-from pcjax import losses, models
-from pcjax.training import checkpoint, optim, sharding, trainer
+from pcjax.training import build, checkpoint, loop, optim, sharding, trainer
 from pcjax.training import config as config_lib
 from pcjax.training import logging as log_lib
 from pcjax.training import state as state_lib
-from pcjax.training import steps as steps_lib
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from configs import digits  # noqa: E402
@@ -200,19 +197,10 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_last_good_checkpoint(
         return state.replace(step=state.step + 1, params=state.params + 1.0), {"loss": loss}
 
     state = state_lib.TrainState(jnp.int32(0), jnp.zeros(3), {}, {})
-    steps = optim.resolve_steps(phase, 1000)
+    fake = build.Phase("teacher", phase, optim.resolve_steps(phase, 1000), 0, None, state,
+                       lambda state, batch, teacher: step_fn(state, batch))
     with pytest.raises(trainer.TrainingDivergedError, match=r"loss is nan at step 7.*step 4"):
-        trainer._run_phase(
-            ctx,
-            "teacher",
-            step_fn=step_fn,
-            extra_args=(),
-            state=state,
-            steps=steps,
-            phase_cfg=phase,
-            seed=0,
-            eval_fn=None,
-        )
+        loop.run_phase(ctx, fake)
     ckpt = checkpoint.Checkpointer(str(tmp_path / "teacher" / "checkpoints"), max_to_keep=2)
     assert ckpt.latest_step() == 4
     restored = ckpt.restore(4, checkpoint.abstract_like(state, sharding.replicated(mesh)))
@@ -225,53 +213,32 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_last_good_checkpoint(
 
 def test_eight_devices_give_the_one_device_loss_trajectory():
     """Same global batch on a 1-device and an 8-device mesh: same losses and parameters."""
-    num_classes = 10
-    teacher_fn = lambda: models.create("digits_cnn", num_classes=num_classes, rngs=nnx.Rngs(0))
-    student_fn = lambda: state_lib.Student(
-        models.create("digits_student", num_classes=num_classes, rngs=nnx.Rngs(1)),
-        None,
-        rngs=nnx.Rngs(2),
-    )
-    phase = _phase(
+    config = tiny_digits_config()
+    config.distill.protocol, config.distill.alpha = "class_aware", 0.5
+    config.distill.beta, config.distill.kd_temperature = 10.0, 4.0
+    config.student.train = _phase(
         num_steps=3, schedule=dict(name="constant"), optimizer=dict(name="sgd", learning_rate=0.1)
     )
-    tx, lr = optim.make_optimizer(phase, optim.resolve_steps(phase, 100))
     rng = np.random.default_rng(0)
     batches = [
         {
             "image": rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
-            "label": rng.integers(0, num_classes, 16).astype(np.int32),
+            "label": rng.integers(0, 10, 16).astype(np.int32),
         }
         for _ in range(3)
     ]
     trajectories = []
     for n in (1, 8):
         mesh = sharding.make_mesh(n)
-        rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-        t_graph, t_rng, t_state = state_lib.create(teacher_fn, tx, rep)
-        graph, rng_state, state = state_lib.create(student_fn, tx, rep)
-        step = steps_lib.make_distill_step(
-            graph,
-            rng_state,
-            t_graph,
-            t_rng,
-            tx,
-            lr,
-            jax.random.key(0),
-            loss_spec=losses.get("perception_coherence"),
-            loss_kwargs={},
-            weights={"ce": 1.0, "kd": 0.5, "transfer": 10.0},
-            kd_fn=losses.get("kd").fn,
-            kd_temperature=4.0,
-        )
-        step = jax.jit(
-            step, in_shardings=(rep, rep, data), out_shardings=(rep, rep), donate_argnums=0
-        )
-        teacher_vars = state_lib.export_variables(t_state)
+        teacher = build.teacher_phase(config, mesh, num_examples=100)
+        teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
+        student = build.student_phase(config, mesh, teacher, num_examples=100)
+        state, step = student.state, build.jit_step(student.step, mesh)
         losses_seen = []
-        for b in batches:
-            state, metrics = step(state, teacher_vars, jax.device_put(b, data))
-            losses_seen.append([float(metrics[k]) for k in ("loss", "ce", "kd", "transfer")])
+        with jax.set_mesh(mesh):
+            for b in batches:
+                state, metrics = step(state, b, teacher.variables)
+                losses_seen.append([float(metrics[k]) for k in ("loss", "ce", "kd", "transfer")])
         trajectories.append((np.array(losses_seen), jax.device_get(state.params)))
     # 8 devices reduce the gradients in another order: equal to float32 rounding, which three
     # SGD steps carry into the parameters and the later losses.
@@ -279,6 +246,66 @@ def test_eight_devices_give_the_one_device_loss_trajectory():
     jax.tree.map(
         lambda a, b: assert_close(a, b, rtol=1e-4), trajectories[0][1], trajectories[1][1]
     )
+
+
+# ----------------------------------------------------------------------------- population, forward
+
+
+def test_population_step_equals_independent_runs_of_the_single_step():
+    """Three students (seeds 0, 1, 1 at learning-rate factors 1, 0.5, 3) trained as one vmapped
+    population end where three runs of the single step at those learning rates end."""
+    config = tiny_digits_config()
+    mesh = sharding.make_mesh(1)
+    teacher = build.teacher_phase(config, mesh, num_examples=100)
+    teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
+    members = ((0, 1.0), (1, 0.5), (1, 3.0))
+    rng = np.random.default_rng(0)
+    batches = [
+        {
+            "image": rng.normal(size=(len(members), 16, 8, 8, 1)).astype(np.float32),
+            "label": rng.integers(0, 10, (len(members), 16)).astype(np.int32),
+        }
+        for _ in range(4)
+    ]
+
+    def member_config(seed, factor=1.0):
+        cfg = config.copy_and_resolve_references()
+        cfg.seed = seed
+        cfg.student.train.optimizer.learning_rate *= factor
+        return cfg
+
+    pop = build.population(
+        [build.student_phase(member_config(seed), mesh, teacher, num_examples=100,
+                             population=True) for seed, _ in members],
+        [factor for _, factor in members],
+    )
+    step, state = jax.jit(pop.step), pop.state
+    for b in batches:
+        state, pop_metrics = step(state, b, teacher.variables)
+    for i, (seed, factor) in enumerate(members):
+        single = build.student_phase(member_config(seed, factor), mesh, teacher, num_examples=100)
+        step, alone = jax.jit(single.step), single.state
+        for b in batches:
+            alone, metrics = step(alone, jax.tree.map(lambda x: x[i], b), teacher.variables)
+        for key in ("loss", "learning_rate"):
+            assert_close(pop_metrics[key][i], metrics[key])
+        # Four adamw steps from equal states: the factor applied after the update instead of in
+        # the rate rounds differently, and the next gradients carry it.
+        jax.tree.map(lambda a, b: assert_close(a[i], b, rtol=1e-4, rel_atol=1e-4),
+                     state.params, alone.params)
+
+
+def test_jitting_a_models_forward_twice_compiles_it_once(caplog):
+    config = tiny_digits_config()
+    _, params, model_state = state_lib.split(build.teacher_fn(config)())
+    model = build.Model(build.abstract_teacher(config, sharding.make_mesh(1)).graphdef,
+                        {"params": params, "model_state": model_state})
+    images = np.zeros((3, 8, 8, 1), np.float32)
+    with caplog.at_level("WARNING"), jax.log_compiles(True):
+        for _ in range(2):
+            jax.jit(model.forward)(model.variables, images)
+    compiled = [r for r in caplog.records if "Compiling jit(forward)" in r.getMessage()]
+    assert len(compiled) == 1, [r.getMessage()[:80] for r in caplog.records]
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -248,7 +248,8 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]):
         lambda: models.create(arch, num_classes=num_classes, rngs=nnx.Rngs(0))
     )
     plan, dropped = _plan(arch, abstract)
-    graphdef, params, rng_state, model_state = state_lib.split(abstract)
+    graphdef, params, model_state = state_lib.split(abstract)
+    rng_state = nnx.State({})  # The models hold no rng streams.
 
     missing, mismatched, used = [], [], set()
     filled = []

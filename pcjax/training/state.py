@@ -1,9 +1,13 @@
 """The train state as a plain pytree, and the NNX split/merge around it.
 
-A model is an ``nnx.Module``; for the jitted step it is split once into a static ``graphdef`` and
-three states: ``params`` (``nnx.Param``, trained), ``rng_state`` (``nnx.RngState``: reseeded
-from the step every step, so it is neither carried nor checkpointed) and ``model_state``
-(everything else: BatchNorm statistics). The step function is pure over ``TrainState`` and merges them back.
+A model is an ``nnx.Module`` built with ``nnx.Rngs`` for its initialization only; no model of the
+library draws random numbers when it runs. For the jitted step it is split once into a static
+``graphdef`` and two states: ``params`` (``nnx.Param``, trained) and ``model_state`` (everything
+else: BatchNorm statistics). The step function is pure over ``TrainState`` and merges them back.
+
+A model that needs randomness when it runs (dropout) keeps its own ``nnx.Rngs`` as NNX does:
+their ``nnx.RngState`` variables then fall into ``model_state``, so the step carries them and the
+checkpoint saves them, and a resumed run draws the same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -55,47 +59,37 @@ class Student(nnx.Module):
 
 
 def split(model: nnx.Module):
-    """``(graphdef, params, rng_state, model_state)`` of `model`."""
-    return nnx.split(model, nnx.Param, nnx.RngState, ...)
+    """``(graphdef, params, model_state)`` of `model`."""
+    return nnx.split(model, nnx.Param, ...)
 
 
-def merge(graphdef, params, rng_state, model_state, *, step_key=None) -> nnx.Module:
-    """Rebuilds the module; with `step_key`, reseeds every rng stream it holds from that key.
-
-    Reseeding from ``fold_in(base_key, step)`` makes dropout (or any stochastic layer) a function
-    of the step, which is what makes a resumed run identical to an uninterrupted one.
-    """
+def merge(graphdef, params, model_state) -> nnx.Module:
+    """Rebuilds the module from `split`'s parts."""
     # Fresh Variables (copy=True) belong to the current trace, so BatchNorm may update them inside
     # jax.grad even when the states were created at the enclosing jit's level.
-    model = nnx.merge(graphdef, params, rng_state, model_state, copy=True)
-    if step_key is not None:
-        tags = sorted(
-            {node.tag for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)}
-        )
-        if tags:
-            nnx.reseed(model, **{t: jax.random.fold_in(step_key, i) for i, t in enumerate(tags)})
-    return model
+    return nnx.merge(graphdef, params, model_state, copy=True)
 
 
-def create(model_fn, tx: optax.GradientTransformation, sharding):
+def create(model_fn, tx: optax.GradientTransformation, sharding, *, abstract: bool = False):
     """Builds the model and its optimizer state directly with `sharding` (one jitted init).
 
     Args:
         model_fn: () -> nnx.Module, deterministic (seeded inside).
         tx: the optimizer.
         sharding: placement of every state array (replicated for data parallelism).
+        abstract: only shapes, dtypes and shardings (``jax.ShapeDtypeStruct``s), nothing computed.
 
     Returns:
-        ``(graphdef, rng_state, TrainState)``; ``rng_state`` is a constant of the step function.
+        ``(graphdef, TrainState)``.
     """
-    graphdef, *_ = split(nnx.eval_shape(model_fn))
+    graphdef = split(nnx.eval_shape(model_fn))[0]
 
     def init():
-        _, params, rng_state, model_state = split(model_fn())
-        return rng_state, TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
+        _, params, model_state = split(model_fn())
+        return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
 
-    rng_state, state = jax.jit(init, out_shardings=sharding)()
-    return graphdef, rng_state, state
+    init = jax.jit(init, out_shardings=sharding)
+    return graphdef, jax.eval_shape(init) if abstract else init()
 
 
 def export_variables(state: TrainState) -> dict:

@@ -1,7 +1,11 @@
 """The pure step functions: supervised (teacher) step, distillation (student) step, forward.
 
-Each is a pure function of arrays over a `TrainState`; the trainer jits it once over the mesh with
-explicit shardings and donates the state. The rng of step k is ``fold_in(base_key, k)``.
+Every train step has one signature, ``step(state, batch, teacher) -> (state, metrics)``: `state`
+a `TrainState`, `batch` {"image": (B, ...) float32, "label": (B,) int}, `teacher` the frozen
+teacher's variables (None in the teacher's own phase, where the step ignores it). Each is a pure
+function of arrays; `pcjax.training.build` jits it over the mesh with explicit shardings and
+donates the state, or vmaps it over a population of states. A step applies one update of the
+phase's optimizer (``tx``); no step draws random numbers.
 """
 
 from __future__ import annotations
@@ -22,65 +26,56 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     ).mean()
 
 
-def _batch_accuracy(logits, labels):
-    return jnp.mean(jnp.argmax(logits, -1) == labels)
+def _train(graphdef, tx, schedule, objective: Callable) -> Callable:
+    """The step that minimizes ``objective(model, batch, teacher) -> (loss, terms, logits)``."""
 
-
-def _update(tx, schedule, state: TrainState, grads, model_state, metrics, logits, labels):
-    """Applies the optimizer; returns the next state and the step's metrics (+ the shared ones)."""
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = TrainState(
-        state.step + 1, optax.apply_updates(state.params, updates), model_state, opt_state
-    )
-    metrics = {
-        **metrics,
-        "accuracy": _batch_accuracy(logits, labels),
-        "grad_norm": optax.global_norm(grads),
-        "learning_rate": schedule(state.step),
-    }
-    return new_state, metrics
-
-
-def make_supervised_step(
-    graphdef,
-    rng_state,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    base_key: jax.Array,
-) -> Callable:
-    """``step(state, batch) -> (state, metrics)``: one SGD step on the cross-entropy of the labels.
-
-    batch: {"image": (B, ...) float32, "label": (B,) int}. The model runs in train mode (batch
-    statistics, running averages updated). metrics: loss, accuracy (of this batch, before the
-    update), grad_norm, learning_rate — float32 scalars.
-    """
-
-    def step(state: TrainState, batch):
-        key = jax.random.fold_in(base_key, state.step)
-
+    def step(state: TrainState, batch, teacher):
         def loss_fn(params):
-            model = merge(graphdef, params, rng_state, state.model_state, step_key=key)
-            out = model(batch["image"], train=True)
-            return cross_entropy(out.logits, batch["label"]), (split(model)[3], out.logits)
+            model = merge(graphdef, params, state.model_state)
+            loss, terms, logits = objective(model, batch, teacher)
+            return loss, (split(model)[2], terms, logits)
 
-        (loss, (model_state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (model_state, terms, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
-        return _update(
-            tx, schedule, state, grads, model_state, {"loss": loss}, logits, batch["label"]
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = TrainState(
+            state.step + 1, optax.apply_updates(state.params, updates), model_state, opt_state
         )
+        return new_state, {
+            "loss": loss,
+            **terms,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(state.step),
+        }
 
     return step
 
 
+def make_supervised_step(
+    graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule
+) -> Callable:
+    """``step(state, batch, teacher=None) -> (state, metrics)``: one optimizer step on the
+    cross-entropy of the labels.
+
+    The model runs in train mode (batch statistics, running averages updated). metrics: loss,
+    accuracy (of this batch, before the update), grad_norm, learning_rate — float32 scalars.
+    """
+
+    def objective(model, batch, teacher):
+        del teacher  # The teacher's own phase has none.
+        logits = model(batch["image"], train=True).logits
+        return cross_entropy(logits, batch["label"]), {}, logits
+
+    return _train(graphdef, tx, schedule, objective)
+
+
 def make_distill_step(
     graphdef,
-    rng_state,
     teacher_graphdef,
-    teacher_rng_state,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
-    base_key: jax.Array,
     *,
     loss_spec,
     loss_kwargs: dict,
@@ -88,10 +83,11 @@ def make_distill_step(
     kd_fn: Callable,
     kd_temperature: float,
 ) -> Callable:
-    """``step(state, teacher_variables, batch) -> (state, metrics)``: one distillation step.
+    """``step(state, batch, teacher) -> (state, metrics)``: one optimizer step of distillation.
 
-    The frozen teacher runs in eval mode (running BatchNorm statistics) under ``stop_gradient``; the
-    student (a `Student`, projection head included) in train mode. Objective:
+    The frozen teacher (`teacher`: its variables) runs in eval mode (running BatchNorm statistics)
+    under ``stop_gradient``; the student (a `Student`, projection head included) in train mode.
+    Objective:
 
             gamma * CE(student logits, labels) + alpha * KD(student logits, teacher logits; T)
             + beta * transfer(project(student x), teacher x)
@@ -101,46 +97,29 @@ def make_distill_step(
     loss sees the global batch: under the global-view jit its rankings span every device's rows.
     metrics: loss (the weighted total), ce, kd, transfer, accuracy, grad_norm, learning_rate.
     """
+    teacher_forward = make_forward(teacher_graphdef)
 
     def pick(out):
         return out.features if loss_spec.inputs == "features" else out.logits
 
-    def step(state: TrainState, teacher_variables, batch):
-        key = jax.random.fold_in(base_key, state.step)
-        teacher = merge(
-            teacher_graphdef,
-            teacher_variables["params"],
-            teacher_rng_state,
-            teacher_variables["model_state"],
-        )
-        t_out = jax.lax.stop_gradient(teacher(batch["image"], train=False))
+    def objective(student, batch, teacher):
+        t_out = jax.lax.stop_gradient(teacher_forward(teacher, batch["image"]))
+        s_out = student(batch["image"], train=True)
+        terms = {
+            "ce": cross_entropy(s_out.logits, batch["label"]),
+            "kd": kd_fn(s_out.logits, t_out.logits, temperature=kd_temperature),
+            "transfer": loss_spec.fn(student.project(pick(s_out)), pick(t_out), **loss_kwargs),
+        }
+        return sum(weights[k] * terms[k] for k in terms if weights[k]), terms, s_out.logits
 
-        def loss_fn(params):
-            student = merge(graphdef, params, rng_state, state.model_state, step_key=key)
-            s_out = student(batch["image"], train=True)
-            terms = {
-                "ce": cross_entropy(s_out.logits, batch["label"]),
-                "kd": kd_fn(s_out.logits, t_out.logits, temperature=kd_temperature),
-                "transfer": loss_spec.fn(student.project(pick(s_out)), pick(t_out), **loss_kwargs),
-            }
-            total = sum(weights[k] * terms[k] for k in terms if weights[k])
-            return total, (split(student)[3], terms, s_out.logits)
-
-        (loss, (model_state, terms, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
-        return _update(
-            tx, schedule, state, grads, model_state, {"loss": loss, **terms}, logits, batch["label"]
-        )
-
-    return step
+    return _train(graphdef, tx, schedule, objective)
 
 
-def make_forward(graphdef, rng_state) -> Callable:
+def make_forward(graphdef) -> Callable:
     """``forward(variables, images) -> ModelOutput`` in eval mode (running BatchNorm statistics)."""
 
     def forward(variables, images):
-        model = merge(graphdef, variables["params"], rng_state, variables["model_state"])
+        model = merge(graphdef, variables["params"], variables["model_state"])
         return model(images, train=False)
 
     return forward

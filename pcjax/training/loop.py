@@ -1,0 +1,157 @@
+"""The phase loop: input pipeline, jitted step, logging, NaN check, checkpoints, preemption.
+
+Resume: a phase restores its latest checkpoint from the workdir (the newest one that restores,
+when a later one is damaged) and asks the input pipeline for the batches from that step on (batch k
+depends only on (seed, k)); the metric records past that step are dropped. No step draws random
+numbers, so a killed run restarted with the same command ends with the same state and metrics as
+an uninterrupted run.
+
+NaN: the losses of the steps since the last check are fetched every ``log_every`` steps and before
+every save (one host sync per interval, not per step). A non-finite loss stops the run with
+`TrainingDivergedError` naming the step; no checkpoint is written after it, so the last good
+checkpoint stays the latest.
+
+Preemption: SIGTERM or SIGINT during a training phase makes every process save a checkpoint at a
+common step and raise `preemption.Preempted` (see `pcjax.training.preemption`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from pcjax import data
+from pcjax.training import build, checkpoint, preemption, sharding
+from pcjax.training import logging as log_lib
+from pcjax.training import state as state_lib
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A train step produced a non-finite loss; the message names the phase, step and checkpoint."""
+
+
+@dataclasses.dataclass
+class Context:
+    """What both phases share: the config, the workdir, the mesh and the metric writer."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: jax.sharding.Mesh
+    writer: log_lib.MetricWriter
+
+    @property
+    def data_dir(self):
+        return self.config.data_dir or None
+
+    def eval_batches(self, split: str):
+        return data.eval_batches(
+            self.config.dataset, split, data_dir=self.data_dir,
+            global_batch_size=self.config.eval.batch_size, mesh=self.mesh,
+        )
+
+    def jit_forward(self, forward: Callable) -> Callable:
+        return build.jit_forward(forward, self.mesh)
+
+
+def _check_finite(phase: str, pending: list, ckpt: checkpoint.Checkpointer) -> dict[str, float]:
+    """Host copy of the pending metrics; raises if a loss is not finite; returns their means."""
+    host = jax.device_get([m for _, m in pending])
+    for (step, _), m in zip(pending, host):
+        if not math.isfinite(float(m["loss"])):
+            ckpt.wait()
+            last = ckpt.latest_step()
+            where = (
+                f"the last good checkpoint (step {last}) in {ckpt.directory} is intact"
+                if last is not None
+                else "no checkpoint was written"
+            )
+            raise TrainingDivergedError(
+                f"{phase}: loss is {float(m['loss'])} at step {step}; stopping ({where}). "
+                "Lower the "
+                "learning rate or the loss weight, or clip gradients (optimizer.grad_clip_norm)."
+            )
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def run_phase(
+    ctx: Context, phase: build.Phase, eval_fn: Callable | None = None
+) -> state_lib.TrainState:
+    """Trains ``phase.state`` to ``phase.steps.total``, resuming from the latest checkpoint.
+
+    Checkpoints go to ``<workdir>/<phase.name>/checkpoints``; ``eval_fn(state) -> metrics`` runs
+    every ``eval_every`` steps of the phase config (0: never) and at the end.
+    """
+    cfg, total = phase.config, phase.steps.total
+    train_step = build.jit_step(phase.step, ctx.mesh)
+    ckpt = checkpoint.Checkpointer(
+        os.path.join(ctx.workdir, phase.name, "checkpoints"), max_to_keep=cfg.keep_checkpoints
+    )
+    state = phase.state
+    restored = ckpt.restore_latest(checkpoint.abstract_like(state, sharding.replicated(ctx.mesh)))
+    if restored is not None:
+        state = restored
+    start = int(jax.device_get(state.step))
+    ctx.writer.rewind(phase.name, start)
+    batches = data.train_batches(
+        ctx.config.dataset, data_dir=ctx.data_dir, split=ctx.config.train_split,
+        global_batch_size=cfg.batch_size, seed=phase.seed, start_step=start, mesh=ctx.mesh,
+        augment=cfg.augment,
+    )
+    progress = log_lib.Progress(phase.name, total, start)
+    pending = []
+    context = contextlib.ExitStack()
+    context.enter_context(jax.set_mesh(ctx.mesh))  # The step's trace sees the batch axis.
+    watch = context.enter_context(preemption.PreemptionWatch())
+    try:
+        for step in range(start, total):
+            batch = next(batches)
+            batch = {"image": batch["image"], "label": batch["label"]}
+            state, metrics = train_step(state, batch, phase.teacher)
+            done = step + 1
+            pending.append((done, metrics))
+            is_last = done == total
+            stop = watch.reached(done)
+            log_now = done % cfg.log_every == 0 or is_last
+            save_now = done % cfg.checkpoint_every == 0 or is_last or stop
+            loss = None
+            if log_now or save_now:
+                means = _check_finite(phase.name, pending, ckpt)
+                pending.clear()
+                loss = means["loss"]
+                ctx.writer.write(phase.name, "train", done, means)
+            if save_now:
+                ckpt.save(done, state)
+            if stop:
+                ckpt.wait()
+                raise watch.error(phase.name, done, ckpt.directory)
+            if eval_fn is not None and cfg.eval_every and (done % cfg.eval_every == 0 or is_last):
+                ctx.writer.write(phase.name, "eval", done, eval_fn(state))
+            progress.update(1, loss)
+        ckpt.wait()
+    finally:
+        batches.close()  # Stops the pipeline's reading threads, which would outlive an error.
+        context.close()
+        progress.close()
+        ckpt.close()
+    return state
+
+
+def last_checkpoint(workdir: str) -> str | None:
+    """Where the newest checkpoint of the job in `workdir` is, in words, or None if it has none."""
+    for phase in (build.STUDENT, build.TEACHER):
+        directory = os.path.abspath(os.path.join(workdir, phase, "checkpoints"))
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+        steps = [int(n) for n in names if n.isdigit()]
+        if steps:
+            return (
+                f"the last checkpoint is {phase} step {max(steps)} in {directory}; rerun the same "
+                "command to resume from it"
+            )
+    return None
