@@ -9,9 +9,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-Metric = str | Callable[[jax.Array, jax.Array], jax.Array]
+Dissimilarity = str | Callable[[jax.Array, jax.Array], jax.Array]
 
-METRICS = ("euclidean", "sqeuclidean", "cosine")
+DISSIMILARITIES = ("euclidean", "sqeuclidean", "cosine")
 
 
 def _compute_dtype(*arrays: jax.Array) -> jnp.dtype:
@@ -44,22 +44,23 @@ def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.maximum(squared, 0.0)
 
 
-def check_metric(metric: Metric, argument: str) -> None:
-    """Raises ValueError naming `argument` unless `metric` is a known name or a callable."""
-    if callable(metric):
+def check_dissimilarity(kind: Dissimilarity, argument: str) -> None:
+    """Raises ValueError naming `argument` unless `kind` is a known name or a callable."""
+    if callable(kind):
         return
-    if metric not in METRICS:
+    if kind not in DISSIMILARITIES:
         raise ValueError(
-                f"{argument} must be one of {METRICS} or a callable d(u, v) -> scalar, got {metric!r}."
+                f"{argument} must be one of {DISSIMILARITIES} or a callable d(u, v) -> scalar, "
+                f"got {kind!r}."
         )
 
 
 def pairwise_dissimilarity(
-        x: jax.Array, y: jax.Array | None = None, metric: Metric = "euclidean"
+        x: jax.Array, y: jax.Array | None = None, kind: Dissimilarity = "euclidean"
 ) -> jax.Array:
     """All pairwise dissimilarities between the rows of ``x`` and the rows of ``y``.
 
-    Metrics, for rows u of x and v of y:
+    Kinds, for rows u of x and v of y:
         * ``"euclidean"``:   ||u - v||_2
         * ``"sqeuclidean"``: ||u - v||_2^2
         * ``"cosine"``:      1 - <u, v> / (||u|| ||v||), in [0, 2]; a zero vector has cosine 0 with
@@ -73,12 +74,12 @@ def pairwise_dissimilarity(
     Args:
         x: (n, d) features.
         y: (m, d) features; ``None`` means ``x`` (the (n, n) self-dissimilarity matrix).
-        metric: one of ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"`` or a callable.
+        kind: one of ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"`` or a callable.
 
     Returns:
         (n, m) dissimilarities, in float32 (or float64 for float64 input).
     """
-    check_metric(metric, "metric")
+    check_dissimilarity(kind, "kind")
     y_given = y is not None
     y = x if y is None else y
     for name, value in (("x", x), ("y", y)):
@@ -91,11 +92,11 @@ def pairwise_dissimilarity(
     dtype = _compute_dtype(x, y)
     x = x.astype(dtype)
     y = y.astype(dtype)
-    if callable(metric):
-        return jax.vmap(lambda u: jax.vmap(lambda v: metric(u, v))(y))(x).astype(dtype)
-    if metric == "cosine":
+    if callable(kind):
+        return jax.vmap(lambda u: jax.vmap(lambda v: kind(u, v))(y))(x).astype(dtype)
+    if kind == "cosine":
         return 1.0 - _unit_rows(x) @ _unit_rows(y).T
     squared = _squared_euclidean(x, y)
-    if metric == "sqeuclidean":
+    if kind == "sqeuclidean":
         return squared
     return _safe_sqrt(squared)

@@ -280,8 +280,8 @@ def test_converted_model_gives_the_pytorch_features_and_logits(arch):
     model = reference(arch)
     features, logits = torch_forward(model, images)
 
-    graphdef, rng_state, variables = convert.convert_state_dict(arch, state_dict(model))
-    ours = nnx.merge(graphdef, variables["params"], rng_state, variables["model_state"])
+    graphdef, variables = convert.convert_state_dict(arch, state_dict(model))
+    ours = nnx.merge(graphdef, variables["params"], variables["model_state"])
     out = ours(images, train=False)
 
     assert out.logits.shape == (2, NUM_CLASSES)
@@ -296,7 +296,7 @@ def test_every_cifar100_teacher_is_covered_and_resnet110_maps_every_tensor():
     assert teachers <= set(REFERENCES) | {"resnet110"} and teachers <= set(convert.archs())
     torch.manual_seed(0)
     model = randomized(RefCifarResNet(110, (16, 16, 32, 64), NUM_CLASSES))
-    _, _, variables = convert.convert_state_dict("resnet110", state_dict(model))
+    _, variables = convert.convert_state_dict("resnet110", state_dict(model))
     # Spot checks of the layouts at the deepest block: OIHW -> HWIO, running_var as is (copies,
     # so exact).
     kernel = variables["params"]["blocks"][53]["conv2"]["conv"]["kernel"][...]

@@ -68,8 +68,10 @@ def test_invariant_to_increasing_transform_of_teacher_dissimilarities(features):
     student, teacher = features
     transformed = lambda u, v: jnp.exp(jnp.sqrt(jnp.sum((u - v) ** 2)))  # noqa: E731
     base = perception_coherence_loss(student, teacher)
-    for metric in ("sqeuclidean", transformed):
-        assert_close(perception_coherence_loss(student, teacher, teacher_metric=metric), base)
+    for kind in ("sqeuclidean", transformed):
+        assert_close(
+            perception_coherence_loss(student, teacher, teacher_dissimilarity=kind), base
+        )
 
 
 @pytest.mark.parametrize("scale", [1e-3, 1e3])
@@ -200,8 +202,8 @@ def test_gradient_descent_makes_2d_student_coherent_with_3d_teacher():
          "student_features must have shape"),
         (dict(student_features=np.ones((4, 2)), teacher_features=np.ones((4,))),
          "teacher_features must have shape"),
-        (dict(student_metric="manhattan"), "student_metric must be one of"),
-        (dict(teacher_metric="l1"), "teacher_metric must be one of"),
+        (dict(student_dissimilarity="manhattan"), "student_dissimilarity must be one of"),
+        (dict(teacher_dissimilarity="l1"), "teacher_dissimilarity must be one of"),
         (dict(objective="kl"), "objective must be one of"),
         (dict(regularization="l1"), "regularization must be one of"),
         (dict(mask=np.ones((3,), bool)), "mask must have shape"),

@@ -71,9 +71,10 @@ def test_pc_score_is_one_up_to_rotation_translation_and_scale(features):
 
 def test_pc_score_is_minus_one_for_reversed_order(features):
     _, teacher = features
-    reversed_metric = lambda u, v: -jnp.sqrt(jnp.sum((u - v) ** 2))  # noqa: E731
+    reversed_distance = lambda u, v: -jnp.sqrt(jnp.sum((u - v) ** 2))  # noqa: E731
     np.testing.assert_allclose(
-        metrics.pc_score(teacher, teacher, student_metric=reversed_metric), -1.0, atol=1e-5
+        metrics.pc_score(teacher, teacher, student_dissimilarity=reversed_distance), -1.0,
+        atol=1e-5,
     )
 
 

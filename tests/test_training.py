@@ -14,7 +14,8 @@ import optax
 import pytest
 
 from float32 import assert_close
-from pcjax.training import build, checkpoint, loop, optim, sharding, trainer
+from pcjax.metrics import pc_score
+from pcjax.training import build, checkpoint, evaluation, loop, optim, sharding, trainer
 from pcjax.training import config as config_lib
 from pcjax.training import logging as log_lib
 from pcjax.training import state as state_lib
@@ -370,6 +371,22 @@ def test_summary_table_reports_student_top1_only_when_its_head_was_trained(proto
     )
     assert ("12.34" in student_row) is shown
     assert "0.5000" in student_row
+
+
+def test_pc_score_uses_the_dissimilarities_of_the_perception_coherence_loss():
+    config = config_lib.base_config()
+    assert trainer.pc_dissimilarities(config) == {
+        "student_dissimilarity": "euclidean", "teacher_dissimilarity": "euclidean"
+    }
+    config.distill.loss_kwargs.teacher_dissimilarity = "cosine"
+    dissimilarities = trainer.pc_dissimilarities(config)
+    assert dissimilarities["teacher_dissimilarity"] == "cosine"
+    rng = np.random.default_rng(0)
+    student, teacher = ({"features": rng.normal(size=(12, d)).astype(np.float32)} for d in (3, 5))
+    expected = pc_score(student["features"], teacher["features"], teacher_dissimilarity="cosine")
+    assert_close(
+        evaluation.coherence(student, teacher, chunk_size=0, **dissimilarities), expected
+    )
 
 
 class _Crash(Exception):

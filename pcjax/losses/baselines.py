@@ -79,7 +79,7 @@ def fitnet(student_features: jax.Array, teacher_features: jax.Array) -> jax.Arra
 
 def _rkd_distances(x: jax.Array) -> jax.Array:
     """Euclidean distances with the diagonal exactly 0, divided by the mean nonzero distance."""
-    distances = pairwise_dissimilarity(x, metric="euclidean")
+    distances = pairwise_dissimilarity(x, kind="euclidean")
     distances = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, distances)
     nonzero = jnp.sum(distances > 0)
     return _safe_divide(distances, jnp.sum(distances) / jnp.maximum(nonzero, 1))
@@ -97,7 +97,7 @@ def _rkd_angles(x: jax.Array) -> jax.Array:
     diag = jnp.diagonal(gram)
     inner = gram[None, :, :] - gram[:, :, None] - gram[:, None, :] + diag[:, None, None]
     lengths = jnp.where(
-        jnp.eye(x.shape[0], dtype=bool), 0.0, pairwise_dissimilarity(x, metric="euclidean")
+        jnp.eye(x.shape[0], dtype=bool), 0.0, pairwise_dissimilarity(x, kind="euclidean")
     )
     return _safe_divide(inner, lengths[:, :, None] * lengths[:, None, :])
 

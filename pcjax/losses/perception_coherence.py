@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, PartitionSpec
 
-from pcjax.dissimilarity import Metric, check_metric, pairwise_dissimilarity
+from pcjax.dissimilarity import Dissimilarity, check_dissimilarity, pairwise_dissimilarity
 from pcjax.losses._checks import check_pair
 from pcjax.ranking import _check_options, rank, soft_rank
 
@@ -34,7 +34,9 @@ REGULARIZATIONS = ("l2", "kl")
 MIN_VALID = 3
 
 
-def _check_common(student_features, teacher_features, mask, student_metric, teacher_metric):
+def _check_common(
+    student_features, teacher_features, mask, student_dissimilarity, teacher_dissimilarity
+):
     check_pair(student_features, teacher_features)
     # Integer features are refused like soft_rank refuses them: their distances would tie heavily
     # and a gradient with respect to them does not exist.
@@ -43,8 +45,8 @@ def _check_common(student_features, teacher_features, mask, student_metric, teac
     ):
         if not jnp.issubdtype(value.dtype, jnp.floating):
             raise ValueError(f"{name} must have a floating dtype, got {value.dtype}.")
-    check_metric(student_metric, "student_metric")
-    check_metric(teacher_metric, "teacher_metric")
+    check_dissimilarity(student_dissimilarity, "student_dissimilarity")
+    check_dissimilarity(teacher_dissimilarity, "teacher_dissimilarity")
     if mask is not None and mask.shape != (student_features.shape[0],):
         raise ValueError(
             f"mask must have shape (batch,) = ({student_features.shape[0]},), got {mask.shape}."
@@ -123,16 +125,17 @@ def _excluded_gap(num_columns: int, regularization_strength) -> jax.Array:
 
 def _row_losses(
     student_ref, teacher_ref, ref_index, ref_valid, student_all, teacher_all, valid_all,
-    *, student_metric, teacher_metric, regularization_strength, regularization, objective, dtype,
+    *, student_dissimilarity, teacher_dissimilarity, regularization_strength, regularization,
+    objective, dtype,
 ):
     """Per-reference sums: (sum over valid references of the row loss, number of them)."""
     compared, count = _compared_set(ref_index, valid_all)
     count_safe = jnp.maximum(count, 1).astype(dtype)[:, None]
 
-    teacher_d = pairwise_dissimilarity(teacher_ref, teacher_all, teacher_metric)
+    teacher_d = pairwise_dissimilarity(teacher_ref, teacher_all, teacher_dissimilarity)
     teacher_ranks = _hard_ranks_within(teacher_d, compared) / count_safe
 
-    student_d = pairwise_dissimilarity(student_ref, student_all, student_metric)
+    student_d = pairwise_dissimilarity(student_ref, student_all, student_dissimilarity)
     scaled = _rank_scale(student_d.astype(dtype), compared, count_safe)
     gap = _excluded_gap(compared.shape[1], regularization_strength)
     student_ranks = soft_rank(
@@ -185,8 +188,8 @@ def perception_coherence_loss(
     student_features: jax.Array,
     teacher_features: jax.Array,
     *,
-    student_metric: Metric = "euclidean",
-    teacher_metric: Metric = "euclidean",
+    student_dissimilarity: Dissimilarity = "euclidean",
+    teacher_dissimilarity: Dissimilarity = "euclidean",
     regularization_strength: float = 1.0,
     regularization: str = "l2",
     objective: str = "mse",
@@ -241,8 +244,9 @@ def perception_coherence_loss(
     Args:
       student_features: (B, Ds) student features (any float dtype; ranks are float32).
       teacher_features: (B, Dt) teacher features; no gradient flows to them.
-      student_metric, teacher_metric: ``"euclidean"``, ``"sqeuclidean"``, ``"cosine"`` or a
-        callable ``d(u, v)`` (see ``pcjax.dissimilarity.pairwise_dissimilarity``).
+      student_dissimilarity, teacher_dissimilarity: ``"euclidean"``, ``"sqeuclidean"``,
+        ``"cosine"`` or a callable ``d(u, v)`` (see
+        ``pcjax.dissimilarity.pairwise_dissimilarity``).
       regularization_strength: eps > 0 of the soft rank, in rank units (see above).
       regularization: ``"l2"`` or ``"kl"`` (the soft rank's regularizer).
       objective: ``"mse"`` or ``"spearman"``.
@@ -252,7 +256,9 @@ def perception_coherence_loss(
     Returns:
       float32 scalar.
     """
-    _check_common(student_features, teacher_features, mask, student_metric, teacher_metric)
+    _check_common(
+        student_features, teacher_features, mask, student_dissimilarity, teacher_dissimilarity
+    )
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
     if regularization not in REGULARIZATIONS:
@@ -269,7 +275,7 @@ def perception_coherence_loss(
     student = jnp.where(valid[:, None], student_features, 0)
     teacher = jax.lax.stop_gradient(jnp.where(valid[:, None], teacher_features, 0))
     options = dict(
-        student_metric=student_metric, teacher_metric=teacher_metric,
+        student_dissimilarity=student_dissimilarity, teacher_dissimilarity=teacher_dissimilarity,
         regularization_strength=regularization_strength, regularization=regularization,
         objective=objective, dtype=dtype,
     )
@@ -307,8 +313,8 @@ def pc_score(
     student_features: jax.Array,
     teacher_features: jax.Array,
     *,
-    student_metric: Metric = "euclidean",
-    teacher_metric: Metric = "euclidean",
+    student_dissimilarity: Dissimilarity = "euclidean",
+    teacher_dissimilarity: Dissimilarity = "euclidean",
     mask: jax.Array | None = None,
     chunk_size: int | None = None,
 ) -> jax.Array:
@@ -333,7 +339,7 @@ def pc_score(
     Args:
       student_features: (N, Ds) student features, N >= 3, floating (as in the loss).
       teacher_features: (N, Dt) teacher features, floating.
-      student_metric, teacher_metric: as in ``perception_coherence_loss``.
+      student_dissimilarity, teacher_dissimilarity: as in ``perception_coherence_loss``.
       mask: optional (N,) bool, True for real samples (e.g. padded evaluation batches).
       chunk_size: references per chunk; None means min(N, 512).
 
@@ -341,7 +347,9 @@ def pc_score(
       A scalar of the loss's dtype rule: float32, or float64 when a feature array is float64.
     """
     student_features, teacher_features = jnp.asarray(student_features), jnp.asarray(teacher_features)
-    _check_common(student_features, teacher_features, mask, student_metric, teacher_metric)
+    _check_common(
+        student_features, teacher_features, mask, student_dissimilarity, teacher_dissimilarity
+    )
     num = student_features.shape[0]
     _check_min_batch(num)
     dtype = _result_dtype(student_features, teacher_features)
@@ -358,8 +366,12 @@ def pc_score(
         compared, count = _compared_set(ref_index, valid)
         count_safe = jnp.maximum(count, 1).astype(dtype)[:, None]
         refs = jnp.minimum(ref_index, num - 1)
-        student_d = pairwise_dissimilarity(student_features[refs], student_features, student_metric)
-        teacher_d = pairwise_dissimilarity(teacher_features[refs], teacher_features, teacher_metric)
+        student_d = pairwise_dissimilarity(
+            student_features[refs], student_features, student_dissimilarity
+        )
+        teacher_d = pairwise_dissimilarity(
+            teacher_features[refs], teacher_features, teacher_dissimilarity
+        )
         correlation = _masked_pearson(
             _hard_ranks_within(student_d, compared), _hard_ranks_within(teacher_d, compared),
             compared, count_safe,

@@ -21,10 +21,11 @@ Example::
 
 A zoo model's state is its ``nnx.Param`` and ``nnx.BatchStat`` variables (no rng streams). The
 train step (``pcjax.training.state.split`` / ``merge``) splits a model as
-``graphdef, params, rng_state, model_state = nnx.split(model, nnx.Param, nnx.RngState, ...)``,
-so ``model_state`` holds the BatchNorm running statistics, and rebuilds it inside the function it
-differentiates with ``nnx.merge(graphdef, params, rng_state, model_state, copy=True)``: fresh
-variables that the train-mode forward pass may update within that trace.
+``graphdef, params, model_state = nnx.split(model, nnx.Param, ...)``, so ``model_state`` holds
+everything but the parameters (the BatchNorm running statistics; the ``nnx.RngState`` of a model
+that kept its own ``nnx.Rngs`` would land there too), and rebuilds it inside the function it
+differentiates with ``nnx.merge(graphdef, params, model_state, copy=True)``: fresh variables that
+the train-mode forward pass may update within that trace.
 """
 
 from __future__ import annotations

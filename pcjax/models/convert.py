@@ -221,10 +221,9 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]):
     """Maps a PyTorch state_dict (NumPy arrays by name) onto the pcjax model `arch`.
 
     Returns:
-      ``(graphdef, rng_state, variables)``: ``variables`` is the teacher export
+      ``(graphdef, variables)``: ``variables`` is the teacher export
       ``{"params": ..., "model_state": ...}`` and
-      ``nnx.merge(graphdef, variables["params"], rng_state, variables["model_state"])``
-      the model.
+      ``nnx.merge(graphdef, variables["params"], variables["model_state"])`` the model.
 
     Raises:
       ValueError: `arch` unknown (the message lists the known ones).
@@ -249,7 +248,6 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]):
     )
     plan, dropped = _plan(arch, abstract)
     graphdef, params, model_state = state_lib.split(abstract)
-    rng_state = nnx.State({})  # The models hold no rng streams.
 
     missing, mismatched, used = [], [], set()
     filled = []
@@ -282,7 +280,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]):
         )
     for state, flat in filled:
         nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
-    return graphdef, rng_state, {"params": params, "model_state": model_state}
+    return graphdef, {"params": params, "model_state": model_state}
 
 
 def convert(arch: str, source: str, destination: str) -> dict:
@@ -296,7 +294,7 @@ def convert(arch: str, source: str, destination: str) -> dict:
 
     if os.path.exists(destination):
         raise FileExistsError(f"--to: {destination} already exists; choose a new directory")
-    _, _, variables = convert_state_dict(arch, read_torch_checkpoint(source))
+    _, variables = convert_state_dict(arch, read_torch_checkpoint(source))
     checkpoint.save_model(destination, variables)
     return variables
 

@@ -20,7 +20,8 @@ from pcjax.training import sharding
 _linear_probe = jax.jit(metrics.linear_probe_accuracy, static_argnames=("num_classes",))
 _knn = jax.jit(metrics.knn_accuracy, static_argnames=("k", "num_classes"))
 _pc_score = jax.jit(
-    metrics.pc_score, static_argnames=("student_metric", "teacher_metric", "chunk_size")
+    metrics.pc_score,
+    static_argnames=("student_dissimilarity", "teacher_dissimilarity", "chunk_size"),
 )
 
 
@@ -76,8 +77,8 @@ def coherence(
     teacher: dict[str, np.ndarray],
     *,
     chunk_size: int,
-    student_metric: str = "euclidean",
-    teacher_metric: str = "euclidean",
+    student_dissimilarity: str = "euclidean",
+    teacher_dissimilarity: str = "euclidean",
 ) -> float:
     """`pc_score` of student vs teacher features over the same examples, in [-1, 1].
 
@@ -87,8 +88,8 @@ def coherence(
         _pc_score(
             student["features"],
             teacher["features"],
-            student_metric=student_metric,
-            teacher_metric=teacher_metric,
+            student_dissimilarity=student_dissimilarity,
+            teacher_dissimilarity=teacher_dissimilarity,
             chunk_size=chunk_size or None,
         )
     )

@@ -25,14 +25,24 @@ from pcjax.training.loop import Context, TrainingDivergedError, last_checkpoint,
 from pcjax.training.report import summary_table
 
 __all__ = ["Context", "Model", "TrainingDivergedError", "default_workdir", "evaluate",
-           "last_checkpoint", "pc_metrics", "run", "student_phase", "summary_table",
+           "last_checkpoint", "pc_dissimilarities", "run", "student_phase", "summary_table",
            "teacher_phase"]
 
 
-def pc_metrics(cfg) -> dict[str, str]:
-    """The dissimilarities pc_score uses: those of the perception coherence loss if configured."""
+def pc_dissimilarities(cfg) -> dict[str, str]:
+    """The dissimilarities pc_score uses: those of the perception coherence loss if configured.
+
+    ``{"student_dissimilarity": ..., "teacher_dissimilarity": ...}``, keyword arguments of
+    `evaluation.coherence`; "euclidean" where the loss keywords do not set them.
+    """
     kwargs = cfg.distill.loss_kwargs
-    return {k: kwargs.get(k, "euclidean") for k in ("student_metric", "teacher_metric")}
+    names = ("student_dissimilarity", "teacher_dissimilarity")
+    return {k: kwargs.get(k, "euclidean") for k in names}
+
+
+# The old name, still called by benchmarks/transfer.py; to be removed once it calls
+# pc_dissimilarities.
+pc_metrics = pc_dissimilarities
 
 
 def _eval_fn(ctx: Context, phase: build.Phase, teacher: Model | None):
@@ -53,7 +63,7 @@ def _eval_fn(ctx: Context, phase: build.Phase, teacher: Model | None):
         return {
             "top1": evaluation.top1(pred),
             "pc_score": evaluation.coherence(
-                pred, teacher_test, chunk_size=cfg.eval.pc_chunk_size, **pc_metrics(cfg)
+                pred, teacher_test, chunk_size=cfg.eval.pc_chunk_size, **pc_dissimilarities(cfg)
             ),
         }
 
@@ -153,7 +163,7 @@ def evaluate(ctx: Context, teacher: Model, student: Model) -> dict[str, float]:
         ).items():
             results[f"{name}/{k}"] = v
     results["student/pc_score"] = evaluation.coherence(
-        preds[STUDENT], preds[TEACHER], chunk_size=cfg.eval.pc_chunk_size, **pc_metrics(cfg)
+        preds[STUDENT], preds[TEACHER], chunk_size=cfg.eval.pc_chunk_size, **pc_dissimilarities(cfg)
     )
     return results
 
