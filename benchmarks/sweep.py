@@ -28,20 +28,20 @@ import transfer
 from pcjax.training import sharding
 
 DEFAULT = (("objective", "mse"), ("regularization", "l2"), ("regularization_strength", 1.0),
-           ("student_metric", "euclidean"), ("teacher_metric", "euclidean"))
+           ("student_dissimilarity", "euclidean"), ("teacher_dissimilarity", "euclidean"))
 CHANGES = (
     ("default", ()),
     *((f"eps {eps}", (("regularization_strength", eps),)) for eps in (0.1, 0.3, 3.0, 10.0)),
     ("spearman", (("objective", "spearman"),)),
     ("kl", (("regularization", "kl"),)),
-    ("cosine student", (("student_metric", "cosine"),)),
-    ("cosine teacher", (("teacher_metric", "cosine"),)),
-    ("cosine both", (("student_metric", "cosine"), ("teacher_metric", "cosine"))),
+    ("cosine student", (("student_dissimilarity", "cosine"),)),
+    ("cosine teacher", (("teacher_dissimilarity", "cosine"),)),
+    ("cosine both", (("student_dissimilarity", "cosine"), ("teacher_dissimilarity", "cosine"))),
 )
 SETTINGS = tuple(transfer.Method(label, "perception_coherence", tuple({**dict(DEFAULT),
                                                                        **dict(change)}.items()))
                  for label, change in CHANGES)
-EUCLIDEAN = {"student_metric": "euclidean", "teacher_metric": "euclidean"}
+EUCLIDEAN = {"student_dissimilarity": "euclidean", "teacher_dissimilarity": "euclidean"}
 LEARNING_RATES = {"digits": 0.01, "mnist1d": 0.03}
 
 

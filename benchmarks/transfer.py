@@ -143,7 +143,7 @@ def score(phase: build.Phase, state, config, mesh, teacher_test=None, pc_kwargs=
 
     pc_score uses `pc_kwargs`' dissimilarities (default: those of the config's loss)."""
     forward = build.jit_forward(phase.forward, mesh)
-    pc_kwargs = trainer.pc_metrics(config) if pc_kwargs is None else pc_kwargs
+    pc_kwargs = trainer.pc_dissimilarities(config) if pc_kwargs is None else pc_kwargs
     scores = []
     for i in range(jax.tree.leaves(state)[0].shape[0]):
         variables = state_lib.export_variables(jax.tree.map(lambda x, i=i: x[i], state))

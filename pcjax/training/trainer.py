@@ -40,11 +40,6 @@ def pc_dissimilarities(cfg) -> dict[str, str]:
     return {k: kwargs.get(k, "euclidean") for k in names}
 
 
-# The old name, still called by benchmarks/transfer.py; to be removed once it calls
-# pc_dissimilarities.
-pc_metrics = pc_dissimilarities
-
-
 def _eval_fn(ctx: Context, phase: build.Phase, teacher: Model | None):
     """``eval_fn(state)`` of a phase: eval-split top-1, and pc_score against `teacher` if given."""
     cfg = ctx.config
