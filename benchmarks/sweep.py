@@ -101,11 +101,10 @@ def plot(all_results: dict, path: str) -> None:
         labels = list(results)
         for ax, (key, name, scale) in zip(row, keys):
             values = np.array([results[k]["scores"][key] for k in labels]) * scale
-            ax.barh(range(len(labels)), values.mean(1), xerr=values.std(1, ddof=1),
-                    color=["tab:gray"] + ["tab:blue"] * (len(labels) - 1))
-            ax.axvline(values[0].mean(), color="tab:gray", lw=0.8, ls="--")
-            lo, hi = (values.mean(1) - values.std(1)).min(), (values.mean(1) + values.std(1)).max()
-            ax.set_xlim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
+            mean, std = values.mean(1), values.std(1, ddof=1)
+            ax.errorbar(mean, range(len(labels)), xerr=std, fmt="o", capsize=3)
+            ax.axvline(mean[0], color="tab:gray", lw=0.8, ls="--")  # The default setting.
+            ax.grid(axis="x", alpha=0.3)
             ax.set_title(f"{dataset}: {name}")
         row[0].set_yticks(range(len(labels)), labels)
         row[0].invert_yaxis()
