@@ -313,3 +313,28 @@ def test_bad_crd_option_is_rejected_naming_the_key(kwargs, message):
     config.distill.loss_kwargs.update(kwargs)
     with pytest.raises(config_lib.ConfigError, match=f"config.distill.{message}"):
         config_lib.validate(config, num_devices=1)
+
+
+def test_population_member_equals_its_own_crd_run():
+    """Two CRD students (seeds 0 and 1) as one vmapped population: each keeps its own memory and
+    negatives' key, and ends where its own run ends."""
+    mesh = sharding.make_mesh(1)
+    configs = [_crd_config() for _ in range(2)]
+    configs[1].seed = 1
+    teacher = build.teacher_phase(configs[0], mesh, num_examples=100)
+    teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
+    pop = build.population(
+        [build.student_phase(c, mesh, teacher, population=True) for c in configs], [1.0, 1.0])
+    num_examples = pop.state.loss_state["crd"].bank_s.shape[1]
+    rng = np.random.default_rng(0)
+    batches = [[_batch(rng, num_examples) for _ in configs] for _ in range(2)]
+    state, step = pop.state, jax.jit(pop.step)
+    for members in batches:
+        state, _ = step(state, jax.tree.map(lambda *x: np.stack(x), *members), teacher.variables)
+    for i, config in enumerate(configs):
+        alone = build.student_phase(config, mesh, teacher)
+        single, single_step = alone.state, jax.jit(alone.step)
+        for members in batches:
+            single, _ = single_step(single, members[i], teacher.variables)
+        jax.tree.map(lambda a, b: assert_close(a[i], b, rtol=1e-4, rel_atol=1e-4),
+                     (state.params, state.loss_state), (single.params, single.loss_state))
