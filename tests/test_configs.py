@@ -83,6 +83,7 @@ def _abstract_batch(config, batch_size):
     return {
         "image": jax.ShapeDtypeStruct((batch_size, *dataset.image_shape), jnp.float32),
         "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+        "index": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
     }
 
 
@@ -108,18 +109,11 @@ def test_config_distillation_step_traces(name, arg):
     assert {"loss", "ce", "kd", "transfer"} <= set(metrics)
 
 
-@pytest.mark.parametrize("loss", sorted(n for n in losses.names() if not losses.get(n).stateful))
+@pytest.mark.parametrize("loss", sorted(losses.names()))
 def test_every_registered_loss_traces_in_a_distillation_step(loss):
     config = get_config("digits", None)
     config.distill.loss = loss
     assert _trace_distillation(config)["transfer"].shape == ()
-
-
-def test_stateful_loss_is_rejected_until_the_loop_carries_its_state():
-    config = get_config("digits", None)
-    config.distill.loss = "crd"
-    with pytest.raises(config_lib.ConfigError, match="distill.loss.*memory banks"):
-        config_lib.validate(config, num_devices=1)
 
 
 def test_mnist1d_accepts_the_conv_student_by_override():

@@ -7,9 +7,15 @@ tests::
     step = build.jit_step(teacher.step, mesh)          # step(state, batch, None), under the mesh
     student = build.student_phase(config, mesh, build.Model(teacher.graphdef, variables))
 
-Sections: models (teacher; student with the loss's projection head); phases (optimizer and
-schedule, train state, step); jit; population (one step vmapped over a stack of members that
-differ in seed and learning rate).
+Sections: models (teacher; student with the loss's projection head or CRD's embedding heads);
+phases (optimizer and schedule, train state, step); jit; population (one step vmapped over a stack
+of members that differ in seed and learning rate).
+
+CRD's memory (``TrainState.loss_state``: two N x feat_dim banks, N the train split's size, and
+their normalizers) is replicated over the mesh like the params, and every row of the global batch
+updates it: it costs N x feat_dim x 4 bytes x 2 per device, ~51 MB at N = 50,000 and ~1.3 GB at
+N = 1.28M (feat_dim 128). Under the class-aware protocol its negatives come from the other
+classes, so `student_phase` reads the train split's labels once (every example is decoded).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import optax
 from flax import nnx
 
 from pcjax import data, losses, models
+from pcjax.losses import crd, crd_heads
 from pcjax.training import checkpoint, optim, sharding
 from pcjax.training import config as config_lib
 from pcjax.training import state as state_lib
@@ -68,10 +75,11 @@ def _loss_input_dim(model_fn: Callable, image_shape, inputs: str) -> int:
 
 
 def student_fn(cfg: ml_collections.ConfigDict) -> Callable[[], state_lib.Student]:
-    """Builds the student network plus the loss's projection head, if it has one.
+    """Builds the student network plus the loss's projection head or CRD's embedding heads.
 
-    The head maps the student's loss input (features or logits) to the teacher's width; its two
-    sizes are read from the models' output shapes (``nnx.eval_shape``, nothing is computed).
+    The projection head maps the student's loss input (features or logits) to the teacher's width;
+    CRD's heads map each side's features to ``feat_dim``. Their sizes are read from the models'
+    output shapes (``nnx.eval_shape``, nothing is computed).
     """
     spec = losses.get(cfg.distill.loss)
     dataset = data.spec(cfg.dataset, data_dir=cfg.data_dir or None)
@@ -79,7 +87,7 @@ def student_fn(cfg: ml_collections.ConfigDict) -> Callable[[], state_lib.Student
         cfg.student.model, num_classes=dataset.num_classes, rngs=nnx.Rngs(cfg.seed + 1)
     )
     head_dims = None
-    if spec.projection == "linear":
+    if spec.projection == "linear" or spec.stateful:
         head_dims = (
             _loss_input_dim(net_fn, dataset.image_shape, spec.inputs),
             _loss_input_dim(teacher_fn(cfg), dataset.image_shape, spec.inputs),
@@ -89,6 +97,10 @@ def student_fn(cfg: ml_collections.ConfigDict) -> Callable[[], state_lib.Student
             f"config.distill.loss: projection {spec.projection!r} of loss "
             f"{cfg.distill.loss!r} is not supported (expected None or 'linear')"
         )
+    if spec.stateful:  # CRD: its embedding heads instead of a projection.
+        feat_dim = config_lib.crd_options(cfg)["feat_dim"]
+        return lambda: state_lib.Student(net_fn(), None, rngs=nnx.Rngs(0), embed=(
+            crd_heads.CRDHeads(*head_dims, feat_dim, rngs=nnx.Rngs(cfg.seed + 2))))
     return lambda: state_lib.Student(net_fn(), head_dims, rngs=nnx.Rngs(cfg.seed + 2))
 
 
@@ -133,13 +145,14 @@ class Phase:
 
 
 def _phase(name, phase_cfg, seed, model_fn, make_step, teacher, mesh, num_examples, abstract,
-           population) -> Phase:
+           population, loss_state_fn=None) -> Phase:
     steps = optim.resolve_steps(phase_cfg, num_examples)
     tx, schedule = optim.make_optimizer(phase_cfg, steps)
     if population:  # A last factor on the update: the member's learning-rate factor.
         tx = optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=1.0))
     rep = sharding.replicated(mesh)
-    graphdef, state = state_lib.create(model_fn, tx, rep, abstract=abstract)
+    graphdef, state = state_lib.create(model_fn, tx, rep, abstract=abstract,
+                                       loss_state_fn=loss_state_fn)
     return Phase(name, phase_cfg, steps, seed, graphdef, state, make_step(graphdef, tx, schedule),
                  teacher)
 
@@ -164,19 +177,38 @@ def student_phase(cfg: ml_collections.ConfigDict, mesh, teacher: Model, *,
                   num_examples: int | None = None, abstract: bool = False,
                   population: bool = False) -> Phase:
     """The distillation phase: `student_fn`'s student learns from the frozen `teacher` with the
-    configured loss, protocol weights and KD temperature. Arguments as `teacher_phase`."""
+    configured loss, protocol weights and KD temperature. Arguments as `teacher_phase`.
+
+    With CRD the state's ``loss_state`` is {"crd": `crd.init_state` of N = num_examples rows,
+    "key": the PRNG key of the negatives, from ``cfg.seed``}, and the step's batch must carry
+    "index" (see `steps_lib.make_distill_step`)."""
     d = cfg.distill
+    num_examples = num_examples or num_train_examples(cfg)
+    loss_kwargs, classes, loss_state_fn = dict(d.loss_kwargs), None, None
+    if losses.get(d.loss).stateful:
+        loss_kwargs = config_lib.crd_options(cfg)
+        if d.protocol == "class_aware":
+            source = data.source(cfg.dataset, cfg.train_split, data_dir=cfg.data_dir or None)
+            if len(source) != num_examples:
+                raise ValueError(f"num_examples={num_examples}, but the train split "
+                                 f"{cfg.train_split!r} holds {len(source)} examples")
+            classes = crd.class_index([int(example["label"]) for example in source])
+
+        def loss_state_fn():
+            key = jax.random.PRNGKey(cfg.seed + 3)
+            return {"crd": crd.init_state(jax.random.fold_in(key, 0), num_examples,
+                                          loss_kwargs["feat_dim"]),
+                    "key": jax.random.fold_in(key, 1)}
 
     def make_step(graphdef, tx, schedule):
         return steps_lib.make_distill_step(
             graphdef, teacher.graphdef, tx, schedule, loss_spec=losses.get(d.loss),
-            loss_kwargs=dict(d.loss_kwargs), weights=config_lib.loss_weights(cfg),
-            kd_fn=losses.get("kd").fn, kd_temperature=d.kd_temperature,
+            loss_kwargs=loss_kwargs, weights=config_lib.loss_weights(cfg),
+            kd_fn=losses.get("kd").fn, kd_temperature=d.kd_temperature, classes=classes,
         )
 
     return _phase(STUDENT, cfg.student.train, cfg.seed + 1, student_fn(cfg), make_step,
-                  teacher.variables, mesh, num_examples or num_train_examples(cfg), abstract,
-                  population)
+                  teacher.variables, mesh, num_examples, abstract, population, loss_state_fn)
 
 
 # ----------------------------------------------------------------------------- jit
@@ -221,8 +253,9 @@ def population(phases: Sequence[Phase], lr_factors: Sequence[float]) -> Phase:
     """One phase of the members `phases` (built with ``population=True`` from configs that
     differ at most in the seed), member i training at ``lr_factors[i]`` times its rate.
 
-    The state stacks the members' states on a leading axis; the step is `population_step`, whose
-    batch has that axis too (member i reads row i of every batch array).
+    The state stacks the members' states on a leading axis (CRD's memory and key included: each
+    member keeps its own); the step is `population_step`, whose batch has that axis too (member i
+    reads row i of every batch array).
     """
     states = []
     for phase, factor in zip(phases, lr_factors, strict=True):

@@ -31,7 +31,8 @@ training phase):
                 end_factor (cosine floor, a fraction of the base rate)
   distill.protocol  class_unaware: beta * transfer
                     class_aware: gamma * CE + alpha * KD + beta * transfer
-  distill.loss      a ``pcjax.losses`` name; ``loss_kwargs`` are passed to it
+  distill.loss      a ``pcjax.losses`` name; ``loss_kwargs`` are passed to it, except for
+                    crd, whose keys are `CRD_OPTIONS` (see `crd_options`)
   distill.beta      None = the loss's ``LossSpec.default_weight``; ``alpha``, ``gamma``,
                     ``kd_temperature`` as above
   eval              batch_size, knn_k, probe_train_split ("" = train_split),
@@ -56,6 +57,9 @@ from ml_collections import config_dict
 from pcjax.training import optim
 
 PROTOCOLS = ("class_unaware", "class_aware")
+# CRD's distill.loss_kwargs and their defaults (RepDistiller's): embedding size (heads and banks),
+# negatives per sample (capped at the train split's size - 1), temperature, bank momentum.
+CRD_OPTIONS = {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "momentum": 0.5}
 
 
 def phase_config(**overrides) -> ml_collections.ConfigDict:
@@ -310,12 +314,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
             "distill.loss",
             f"unknown loss {config.distill.loss!r}; known: {', '.join(losses.names())}",
         )
-    elif losses.get(config.distill.loss).stateful:
-        _fail(
-            "distill.loss",
-            f"{config.distill.loss!r} keeps memory banks across steps, which the training loop "
-            "does not carry yet",
-        )
+    elif config.distill.loss == "crd":
+        crd_options(config)
     for key in ("beta", "alpha", "gamma"):
         value = config.distill[key]
         if value is not None and value < 0:
@@ -335,6 +335,25 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
         _fail("eval.knn_k", f"must be positive, got {config.eval.knn_k}")
     if config.eval.pc_chunk_size < 0:
         _fail("eval.pc_chunk_size", f"must be >= 0, got {config.eval.pc_chunk_size}")
+
+
+def crd_options(config: ml_collections.ConfigDict) -> dict:
+    """`CRD_OPTIONS` updated by ``config.distill.loss_kwargs``; ConfigError naming a bad key."""
+    given = dict(config.distill.loss_kwargs)
+    for key in sorted(set(given) - set(CRD_OPTIONS)):
+        _fail(f"distill.loss_kwargs.{key}",
+              f"not an option of crd; expected some of {', '.join(CRD_OPTIONS)}")
+    options = {**CRD_OPTIONS, **given}
+    for key in ("feat_dim", "nce_k"):
+        value = options[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            _fail(f"distill.loss_kwargs.{key}", f"must be an integer >= 1, got {value!r}")
+    for key, ok, what in (("nce_t", lambda v: v > 0, "positive"),
+                          ("momentum", lambda v: 0 <= v <= 1, "in [0, 1]")):
+        value = options[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            _fail(f"distill.loss_kwargs.{key}", f"must be a number {what}, got {value!r}")
+    return options
 
 
 def loss_weights(config: ml_collections.ConfigDict) -> dict[str, float]:

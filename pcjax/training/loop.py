@@ -2,9 +2,11 @@
 
 Resume: a phase restores its latest checkpoint from the workdir (the newest one that restores,
 when a later one is damaged) and asks the input pipeline for the batches from that step on (batch k
-depends only on (seed, k)); the metric records past that step are dropped. No step draws random
-numbers, so a killed run restarted with the same command ends with the same state and metrics as
-an uninterrupted run.
+depends only on (seed, k)); the metric records past that step are dropped. The steps draw random
+numbers only from keys in the state folded with the step count (CRD's negatives), so a killed run
+restarted with the same command ends with the same state and metrics as an uninterrupted run.
+The step's batch is {"image", "label", "index"} (index: each example's position in the train
+split, which CRD's memory is addressed by).
 
 NaN: the losses of the steps since the last check are fetched every ``log_every`` steps and before
 every save (one host sync per interval, not per step). A non-finite loss stops the run with
@@ -112,7 +114,7 @@ def run_phase(
     try:
         for step in range(start, total):
             batch = next(batches)
-            batch = {"image": batch["image"], "label": batch["label"]}
+            batch = {k: batch[k] for k in ("image", "label", "index")}
             state, metrics = train_step(state, batch, phase.teacher)
             done = step + 1
             pending.append((done, metrics))

@@ -8,6 +8,9 @@ else: BatchNorm statistics). The step function is pure over ``TrainState`` and m
 A model that needs randomness when it runs (dropout) keeps its own ``nnx.Rngs`` as NNX does:
 their ``nnx.RngState`` variables then fall into ``model_state``, so the step carries them and the
 checkpoint saves them, and a resumed run draws the same numbers as an uninterrupted one.
+
+A stateful transfer loss (CRD) keeps its own arrays in ``TrainState.loss_state``: replicated like
+the params, updated by the step, checkpointed with the rest of the state.
 """
 
 from __future__ import annotations
@@ -30,25 +33,31 @@ class TrainState:
         params: ``nnx.State`` of the trainable ``nnx.Param``s.
         model_state: ``nnx.State`` of the other variables (BatchNorm running statistics).
         opt_state: the optax state of ``params``.
+        loss_state: what a stateful transfer loss carries across steps (CRD: its memory banks and
+            normalizers, ``crd.CRDState``, and the PRNG key of its negatives), or None.
     """
 
     step: jax.Array
     params: Any
     model_state: Any
     opt_state: Any
+    loss_state: Any = None
 
 
 class Student(nnx.Module):
-    """A student network plus, when the transfer loss needs one, its learned projection head.
+    """A student network plus, when the transfer loss needs them, its learned heads.
 
-    The head (FitNet's regressor, CC's embedding) maps the student's loss input (features or logits,
-    of size ``in_dim``) linearly to the teacher's size ``out_dim``; it is trained with the student
-    and saved in its checkpoint. Calling the student returns the network's ``ModelOutput``.
+    The projection head (FitNet's regressor, CC's embedding) maps the student's loss input
+    (features or logits, of size ``in_dim``) linearly to the teacher's size ``out_dim``; ``embed``
+    is a loss's own module (CRD's `crd_heads.CRDHeads`). Both are trained with the student and
+    saved in its checkpoint. Calling the student returns the network's ``ModelOutput``.
     """
 
-    def __init__(self, net: nnx.Module, head_dims: tuple[int, int] | None, *, rngs: nnx.Rngs):
+    def __init__(self, net: nnx.Module, head_dims: tuple[int, int] | None, *, rngs: nnx.Rngs,
+                 embed: nnx.Module | None = None):
         self.net = net
         self.head = nnx.Linear(*head_dims, rngs=rngs) if head_dims else None
+        self.embed = embed
 
     def __call__(self, x, *, train: bool):
         return self.net(x, train=train)
@@ -70,7 +79,8 @@ def merge(graphdef, params, model_state) -> nnx.Module:
     return nnx.merge(graphdef, params, model_state, copy=True)
 
 
-def create(model_fn, tx: optax.GradientTransformation, sharding, *, abstract: bool = False):
+def create(model_fn, tx: optax.GradientTransformation, sharding, *, abstract: bool = False,
+           loss_state_fn=None):
     """Builds the model and its optimizer state directly with `sharding` (one jitted init).
 
     Args:
@@ -78,6 +88,7 @@ def create(model_fn, tx: optax.GradientTransformation, sharding, *, abstract: bo
         tx: the optimizer.
         sharding: placement of every state array (replicated for data parallelism).
         abstract: only shapes, dtypes and shardings (``jax.ShapeDtypeStruct``s), nothing computed.
+        loss_state_fn: () -> the initial ``loss_state`` (deterministic), or None for none.
 
     Returns:
         ``(graphdef, TrainState)``.
@@ -86,7 +97,9 @@ def create(model_fn, tx: optax.GradientTransformation, sharding, *, abstract: bo
 
     def init():
         _, params, model_state = split(model_fn())
-        return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
+        loss_state = loss_state_fn() if loss_state_fn else None
+        return TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params),
+                          loss_state)
 
     init = jax.jit(init, out_shardings=sharding)
     return graphdef, jax.eval_shape(init) if abstract else init()

@@ -5,7 +5,10 @@ a `TrainState`, `batch` {"image": (B, ...) float32, "label": (B,) int}, `teacher
 teacher's variables (None in the teacher's own phase, where the step ignores it). Each is a pure
 function of arrays; `pcjax.training.build` jits it over the mesh with explicit shardings and
 donates the state, or vmaps it over a population of states. A step applies one update of the
-phase's optimizer (``tx``); no step draws random numbers.
+phase's optimizer (``tx``). The only step that draws random numbers is CRD's distillation step
+(its negatives), from a key in the state folded with ``state.step``, so a resumed run draws what
+an uninterrupted one does; it also reads the batch's "index" (each example's position in the
+train split).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pcjax.losses import crd
 from pcjax.training.state import TrainState, merge, split
 
 
@@ -27,21 +31,20 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def _train(graphdef, tx, schedule, objective: Callable) -> Callable:
-    """The step that minimizes ``objective(model, batch, teacher) -> (loss, terms, logits)``."""
+    """The step that minimizes ``objective(model, batch, teacher, state) -> (loss, terms, logits,
+    loss_state)``; the new ``loss_state`` carries no gradient."""
 
     def step(state: TrainState, batch, teacher):
         def loss_fn(params):
             model = merge(graphdef, params, state.model_state)
-            loss, terms, logits = objective(model, batch, teacher)
-            return loss, (split(model)[2], terms, logits)
+            loss, terms, logits, loss_state = objective(model, batch, teacher, state)
+            return loss, (split(model)[2], terms, logits, loss_state)
 
-        (loss, (model_state, terms, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
-        )
+        (loss, (model_state, terms, logits, loss_state)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = TrainState(
-            state.step + 1, optax.apply_updates(state.params, updates), model_state, opt_state
-        )
+        new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates),
+                               model_state, opt_state, loss_state)
         return new_state, {
             "loss": loss,
             **terms,
@@ -63,10 +66,10 @@ def make_supervised_step(
     accuracy (of this batch, before the update), grad_norm, learning_rate — float32 scalars.
     """
 
-    def objective(model, batch, teacher):
+    def objective(model, batch, teacher, state):
         del teacher  # The teacher's own phase has none.
         logits = model(batch["image"], train=True).logits
-        return cross_entropy(logits, batch["label"]), {}, logits
+        return cross_entropy(logits, batch["label"]), {}, logits, state.loss_state
 
     return _train(graphdef, tx, schedule, objective)
 
@@ -82,6 +85,7 @@ def make_distill_step(
     weights: dict[str, float],
     kd_fn: Callable,
     kd_temperature: float,
+    classes: crd.ClassIndex | None = None,
 ) -> Callable:
     """``step(state, batch, teacher) -> (state, metrics)``: one optimizer step of distillation.
 
@@ -96,21 +100,46 @@ def make_distill_step(
     weights["ce"], weights["kd"], weights["transfer"] (0, 0, beta under class_unaware). The transfer
     loss sees the global batch: under the global-view jit its rankings span every device's rows.
     metrics: loss (the weighted total), ce, kd, transfer, accuracy, grad_norm, learning_rate.
+
+    A stateful loss (CRD) reads ``state.loss_state`` = {"crd": `crd.CRDState`, "key": PRNG key}
+    and the batch's "index": the student's `crd_heads.CRDHeads` (``student.embed``) embed both
+    sides' features; K negatives per sample come from ``fold_in(key, state.step)``, drawn from the
+    other classes of the per-class table `classes` (class-aware protocol, RepDistiller's "exact"
+    mode) or, with ``classes=None``, uniformly from the whole split (class-unaware: no labels);
+    then `crd.crd_loss` (nce_t), and `crd.update_banks` (momentum) writes the stop-gradient
+    embeddings of every row of the global batch into the banks. ``loss_kwargs`` are then
+    `config.crd_options`: feat_dim (the heads, already built), nce_k, nce_t, momentum.
     """
     teacher_forward = make_forward(teacher_graphdef)
 
     def pick(out):
         return out.features if loss_spec.inputs == "features" else out.logits
 
-    def objective(student, batch, teacher):
+    def transfer(student, s_x, t_x, batch, state):
+        if not loss_spec.stateful:
+            return loss_spec.fn(student.project(s_x), t_x, **loss_kwargs), state.loss_state
+        memory, index = state.loss_state["crd"], batch["index"]
+        emb_s, emb_t = student.embed(s_x, t_x)
+        contrast_idx = crd.sample_contrast_indices(
+            jax.random.fold_in(state.loss_state["key"], state.step), index,
+            nce_k=loss_kwargs["nce_k"], num_examples=memory.bank_s.shape[0],
+            label=None if classes is None else batch["label"], classes=classes)
+        loss, memory = crd.crd_loss(memory, emb_s, emb_t, contrast_idx,
+                                    nce_t=loss_kwargs["nce_t"])
+        memory = crd.update_banks(memory, emb_s, emb_t, index, momentum=loss_kwargs["momentum"])
+        return loss, {**state.loss_state, "crd": memory}
+
+    def objective(student, batch, teacher, state):
         t_out = jax.lax.stop_gradient(teacher_forward(teacher, batch["image"]))
         s_out = student(batch["image"], train=True)
+        transfer_loss, loss_state = transfer(student, pick(s_out), pick(t_out), batch, state)
         terms = {
             "ce": cross_entropy(s_out.logits, batch["label"]),
             "kd": kd_fn(s_out.logits, t_out.logits, temperature=kd_temperature),
-            "transfer": loss_spec.fn(student.project(pick(s_out)), pick(t_out), **loss_kwargs),
+            "transfer": transfer_loss,
         }
-        return sum(weights[k] * terms[k] for k in terms if weights[k]), terms, s_out.logits
+        total = sum(weights[k] * terms[k] for k in terms if weights[k])
+        return total, terms, s_out.logits, loss_state
 
     return _train(graphdef, tx, schedule, objective)
 
