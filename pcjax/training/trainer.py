@@ -129,8 +129,9 @@ def _load_export(ctx: Context, export: str, target):
 def student_phase(ctx: Context, teacher: Model) -> Model:
     """Distills the student from the frozen teacher with the configured loss and protocol.
 
-    The student (with the loss's linear projection head when ``LossSpec.projection == "linear"``)
-    resumes from ``<workdir>/student/checkpoints``; the teacher's variables are only read.
+    The student (with the loss's linear projection head when ``LossSpec.projection == "linear"``,
+    CRD's embedding heads and memory with CRD) resumes from ``<workdir>/student/checkpoints``;
+    the teacher's variables are only read.
     """
     phase = build.student_phase(ctx.config, ctx.mesh, teacher)
     state = run_phase(ctx, phase, _eval_fn(ctx, phase, teacher))
