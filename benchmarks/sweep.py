@@ -42,7 +42,7 @@ SETTINGS = tuple(transfer.Method(label, "perception_coherence", tuple({**dict(DE
                                                                        **dict(change)}.items()))
                  for label, change in CHANGES)
 EUCLIDEAN = {"student_dissimilarity": "euclidean", "teacher_dissimilarity": "euclidean"}
-LEARNING_RATES = {"digits": 0.01, "mnist1d": 0.03}
+LEARNING_RATES = {"digits": 0.003, "mnist1d": 0.03}
 
 
 def run(dataset: str, args, rows=None, workdir=None) -> dict:
