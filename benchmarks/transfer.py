@@ -244,10 +244,12 @@ def run_method(method: Method, teacher: dict, dataset: str, seeds: int,
 
 def run(dataset: str, seeds: int, learning_rates: tuple[float, ...], steps: int,
         teacher_steps: int, batch_size: int, *, protocol: str = "class_unaware",
-        rows: list[str] | None = None, workdir: str | None = None) -> dict:
+        rows: list[str] | None = None, workdir: str | None = None,
+        kept_only: bool = False) -> dict:
     """Trains the teacher and every method (or the `rows` slugs); returns the table's numbers.
 
-    With a `workdir`, the teacher and each row are kept there and reused by later runs."""
+    With a `workdir`, the teacher and each row are kept there and reused by later runs;
+    `kept_only` reports only the rows kept there and trains none."""
     mesh = sharding.make_mesh(1)
     budget = dict(steps=steps, teacher_steps=teacher_steps, batch_size=batch_size)
     teacher = train_teacher(dataset, budget, mesh, workdir)
@@ -256,6 +258,8 @@ def run(dataset: str, seeds: int, learning_rates: tuple[float, ...], steps: int,
         if rows is not None and method.slug not in rows:
             continue
         path = workdir and os.path.join(workdir, protocol, f"{method.slug}.pkl")
+        if kept_only and not os.path.exists(path):
+            continue
         results[method.label] = _cached(path, lambda m=method: run_method(
             m, teacher, dataset, seeds, learning_rates, budget, mesh, protocol=protocol))
     return results
@@ -356,6 +360,9 @@ def markdown(dataset: str, results: dict, args, load: tuple[float, float], secon
         "",
         timing(results, seconds, load),
     ]
+    missing = [m.label for m in METHODS[args.protocol] if m.label not in results]
+    if missing:
+        lines += ["", f"Not run (no kept row): {', '.join(missing)}."]
     return "\n".join(lines)
 
 
@@ -377,6 +384,8 @@ def main():
     parser.add_argument("--rows", nargs="*", default=None,
                         help="only the teacher and these rows (slugs, e.g. rkd "
                              "perception_coherence__mse); needs --workdir, writes no table")
+    parser.add_argument("--kept_only", action="store_true",
+                        help="write the table of the rows kept in --workdir; train nothing")
     parser.add_argument("--output", default=None, help="markdown file (default: "
                         "benchmarks/results/transfer_<dataset>[_class_aware].md)")
     args = parser.parse_args()
@@ -386,13 +395,15 @@ def main():
     slugs = [m.slug for m in METHODS[args.protocol]]
     if args.rows is not None and (not args.workdir or set(args.rows) - set(slugs)):
         parser.error(f"--rows needs --workdir and names from {slugs}")
+    if args.kept_only and not args.workdir:
+        parser.error("--kept_only needs --workdir")
     workdir = args.workdir and os.path.join(args.workdir, args.dataset)
     check_workdir(parser, args, workdir, args.protocol, ("seeds", "learning_rates"))
     load_start = os.getloadavg()[0]
     start = time.perf_counter()
     results = run(args.dataset, args.seeds, tuple(args.learning_rates), args.steps,
                   args.teacher_steps, args.batch_size, protocol=args.protocol, rows=args.rows,
-                  workdir=workdir)
+                  workdir=workdir, kept_only=args.kept_only)
     if args.rows is not None:
         return
     table = markdown(args.dataset, results, args, (load_start, os.getloadavg()[0]),
