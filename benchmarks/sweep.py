@@ -54,7 +54,7 @@ def run(dataset: str, args, rows=None, workdir=None) -> dict:
     for setting in SETTINGS:
         if rows is None or setting.slug in rows:
             path = workdir and os.path.join(workdir, "sweep", f"{setting.slug}.pkl")
-            results[setting.label] = transfer._cached(path, lambda s=setting: transfer.run_method(
+            results[setting.label] = transfer.cached(path, lambda s=setting: transfer.run_method(
                 s, teacher, dataset, args.seeds, lr, budget, mesh, pc_kwargs=EUCLIDEAN))
     return results
 
@@ -80,9 +80,9 @@ def markdown(all_results: dict, args, seconds: float) -> str:
             s = row["scores"]
             verdict = "—" if label == "default" else "; ".join(
                 transfer.compare(s, default, k).split()[0] for k in ("probe", "pc_score"))
-            lines.append(f"| {label} | {transfer._cell(s['probe'], True)} | "
-                         f"{transfer._cell(s['knn'], True)} | "
-                         f"{transfer._cell(s['pc_score'], False)} | {verdict} |")
+            lines.append(f"| {label} | {transfer.cell(s['probe'], True)} | "
+                         f"{transfer.cell(s['knn'], True)} | "
+                         f"{transfer.cell(s['pc_score'], False)} | {verdict} |")
     rows = {f"{d}/{k}": r for d, results in all_results.items() for k, r in results.items()}
     lines += ["", transfer.timing(rows, seconds, os.getloadavg()[:1] * 2)]
     return "\n".join(lines)

@@ -167,7 +167,7 @@ def score(phase: build.Phase, state, config, mesh, teacher_test=None, pc_kwargs=
             for k in scores[0]}
 
 
-def _cached(path: str | None, compute):
+def cached(path: str | None, compute):
     """``compute()``, kept in the pickle file `path` (None: not kept) and reused from it."""
     if path and os.path.exists(path):
         with open(path, "rb") as f:
@@ -188,7 +188,7 @@ def check_workdir(parser, args, workdir: str | None, name: str, keys: tuple[str,
         return
     for file, names in (("teacher", ("teacher_steps", "batch_size")), (name, ("steps", *keys))):
         settings = {k: getattr(args, k) for k in names}
-        kept = _cached(os.path.join(workdir, f"{file}_settings.pkl"), lambda s=settings: s)
+        kept = cached(os.path.join(workdir, f"{file}_settings.pkl"), lambda s=settings: s)
         if kept != settings:
             parser.error(f"--workdir {args.workdir} holds {file} runs of {kept}, not {settings}")
 
@@ -206,7 +206,7 @@ def train_teacher(dataset: str, budget: dict, mesh, workdir: str | None = None):
         return {"model": build.Model(phase.graphdef, variables), "test": scores.pop("test")[0],
                 "scores": scores, "lr": TEACHER_LR, "seconds": time.perf_counter() - start}
 
-    teacher = _cached(workdir and os.path.join(workdir, "teacher.pkl"), compute)
+    teacher = cached(workdir and os.path.join(workdir, "teacher.pkl"), compute)
     print(f"teacher {MODELS[dataset][0]}: test top-1 {100 * teacher['scores']['top1'][0]:.2f}% "
           f"({teacher['seconds']:.0f} s)", flush=True)
     return teacher
@@ -260,7 +260,7 @@ def run(dataset: str, seeds: int, learning_rates: tuple[float, ...], steps: int,
         path = workdir and os.path.join(workdir, protocol, f"{method.slug}.pkl")
         if kept_only and not os.path.exists(path):
             continue
-        results[method.label] = _cached(path, lambda m=method: run_method(
+        results[method.label] = cached(path, lambda m=method: run_method(
             m, teacher, dataset, seeds, learning_rates, budget, mesh, protocol=protocol))
     return results
 
@@ -268,7 +268,7 @@ def run(dataset: str, seeds: int, learning_rates: tuple[float, ...], steps: int,
 # ----------------------------------------------------------------------------- the report
 
 
-def _cell(values, percent: bool) -> str:
+def cell(values, percent: bool) -> str:
     values = np.asarray(values, np.float64)
     scale = 100.0 if percent else 1.0
     digits = 2 if percent else 4
@@ -346,10 +346,10 @@ def markdown(dataset: str, results: dict, args, load: tuple[float, float], secon
         with_labels = aware or label in ("teacher", "supervised (CE, labels)")
         lines.append(
             f"| {label} | {result['lr'] if result['lr'] is not None else '—'} | "
-            f"{_cell(scores['top1'], True) if with_labels else '—'} | "
-            f"{_cell(scores['probe'], True)} | {_cell(scores['knn'], True)} | "
-            f"{'—' if label == 'teacher' else _cell(scores['pc_score'], False)} | "
-            f"{_cell(scores['validation_top1' if aware else 'validation_probe'], True)} |"
+            f"{cell(scores['top1'], True) if with_labels else '—'} | "
+            f"{cell(scores['probe'], True)} | {cell(scores['knn'], True)} | "
+            f"{'—' if label == 'teacher' else cell(scores['pc_score'], False)} | "
+            f"{cell(scores['validation_top1' if aware else 'validation_probe'], True)} |"
         )
     lines += [
         "",
