@@ -173,6 +173,13 @@ def teacher_phase(cfg: ml_collections.ConfigDict, mesh, *, num_examples: int | N
                   num_examples or num_train_examples(cfg), abstract, population)
 
 
+@functools.lru_cache(maxsize=4)
+def _train_labels(dataset: str, split: str, data_dir) -> tuple[int, ...]:
+    """The labels of a split, decoded once per process (a population's members share them)."""
+    return tuple(int(example["label"]) for example in data.source(dataset, split,
+                                                                  data_dir=data_dir))
+
+
 def student_phase(cfg: ml_collections.ConfigDict, mesh, teacher: Model, *,
                   num_examples: int | None = None, abstract: bool = False,
                   population: bool = False) -> Phase:
@@ -188,11 +195,11 @@ def student_phase(cfg: ml_collections.ConfigDict, mesh, teacher: Model, *,
     if losses.get(d.loss).stateful:
         loss_kwargs = config_lib.crd_options(cfg)
         if d.protocol == "class_aware":
-            source = data.source(cfg.dataset, cfg.train_split, data_dir=cfg.data_dir or None)
-            if len(source) != num_examples:
+            labels = _train_labels(cfg.dataset, cfg.train_split, cfg.data_dir or None)
+            if len(labels) != num_examples:
                 raise ValueError(f"num_examples={num_examples}, but the train split "
-                                 f"{cfg.train_split!r} holds {len(source)} examples")
-            classes = crd.class_index([int(example["label"]) for example in source])
+                                 f"{cfg.train_split!r} holds {len(labels)} examples")
+            classes = crd.class_index(list(labels))
 
         def loss_state_fn():
             key = jax.random.PRNGKey(cfg.seed + 3)
