@@ -3,10 +3,12 @@
   python train.py                                   # configs/digits.py into ./workdir/digits
   python train.py --config configs/cifar100.py:resnet32x4_resnet8x4 --workdir runs/r32x4_r8x4
   python train.py --config configs/digits.py --config.distill.loss=rkd --config.seed=1
+  python train.py --config.distill.loss_kwargs.regularization_strength=0.3
 
 --config takes a config file (``path[:arg]``, big_vision style) and ``--config.key=value``
-overrides; --workdir defaults to ./workdir/<config.name>. Rerunning the same command resumes from
-the workdir's latest checkpoints. Multi-host: set --config.distributed=True (or the
+overrides; ``--config.distill.loss_kwargs.<name>=<value>`` sets a keyword argument of the loss,
+whichever loss the command line picks. --workdir defaults to ./workdir/<config.name>. Rerunning
+the same command resumes from the workdir's latest checkpoints. Multi-host: set --config.distributed=True (or the
 JAX_COORDINATOR_ADDRESS environment variable) to call jax.distributed.initialize() first.
 
 A rerun into a workdir must use the same config, up to the keys that cannot change the results
@@ -34,6 +36,18 @@ def _exit(code: int, message: str):
     sys.exit(code)
 
 
+def _split_loss_kwargs():
+    # Imports only the config module (no jax): the flags below must be defined at import time.
+    from pcjax.training import config as config_lib
+
+    try:
+        sys.argv[1:], kwargs = config_lib.split_loss_kwargs_flags(sys.argv[1:])
+    except config_lib.ConfigError as error:
+        _exit(USAGE, str(error))
+    return kwargs
+
+
+_LOSS_KWARGS = _split_loss_kwargs()
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits.py")
 try:
     _CONFIG = config_flags.DEFINE_config_file(
@@ -78,6 +92,11 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the progress bars.
     config = _CONFIG.value
+    try:
+        with config.unlocked():
+            config.distill.loss_kwargs.update(_LOSS_KWARGS)
+    except (TypeError, ValueError) as error:  # ml_collections refuses a value of another type.
+        _exit(USAGE, f"--config.distill.loss_kwargs: {_one_line(error)}")
     workdir = None
     try:
         import jax

@@ -54,6 +54,50 @@ def test_unknown_cifar100_pair_is_rejected_listing_the_pairs():
         CIFAR.get_config("resnet32x4_resnet9")
 
 
+def test_loss_kwargs_flags_are_split_off_with_python_literal_values():
+    flag = config_lib.LOSS_KWARGS_FLAG
+    argv = ["--config=configs/digits.py", f"{flag}regularization_strength=0.3", "--config.seed=1",
+            f"{flag}teacher_dissimilarity", "cosine", f"{flag}nce_k=4096", f"{flag}flag=True",
+            f"{flag}nce_t=7e-2", f"{flag}nce_k=16", f"{flag}name='mse'"]
+    rest, kwargs = config_lib.split_loss_kwargs_flags(argv)
+    assert rest == ["--config=configs/digits.py", "--config.seed=1"]
+    # The last of a repeated flag wins, as for absl flags; unquoted text that is not a literal
+    # stays a string.
+    assert kwargs == {"regularization_strength": 0.3, "teacher_dissimilarity": "cosine",
+                      "nce_k": 16, "flag": True, "nce_t": 0.07, "name": "mse"}
+    assert [type(kwargs[k]) for k in ("nce_k", "nce_t", "flag")] == [int, float, bool]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config.distill.loss_kwargs.nce_k"], "config.distill.loss_kwargs.nce_k: the flag has no value"),
+    (["--config.distill.loss_kwargs.=3"], "config.distill.loss_kwargs.: expected --config.distill"),
+    (["--config.distill.loss_kwargs.a.b=3"], "config.distill.loss_kwargs.a.b: expected"),
+])
+def test_malformed_loss_kwargs_flags_are_refused_naming_the_flag(argv, message):
+    with pytest.raises(config_lib.ConfigError, match=message.replace(".", r"\.")):
+        config_lib.split_loss_kwargs_flags(argv)
+
+
+@pytest.mark.parametrize("loss, kwargs, message", [
+    ("perception_coherence", {"eps": 0.3}, "loss_kwargs.eps: not an option of perception_coherence; "
+     "expected some of student_dissimilarity, teacher_dissimilarity, regularization_strength, "
+     "regularization, objective"),
+    # Keywords the training step decides are not options.
+    ("perception_coherence", {"mask": None}, "loss_kwargs.mask: not an option"),
+    ("perception_coherence", {"axis_name": "data"}, "loss_kwargs.axis_name: not an option"),
+    ("kd", {"temp": 2.0}, "loss_kwargs.temp: not an option of kd; expected some of temperature"),
+    ("fitnet", {"eps": 1.0}, "loss_kwargs.eps: not an option of fitnet; it takes none"),
+])
+def test_loss_kwargs_are_checked_against_the_loss_signature(loss, kwargs, message):
+    config = config_lib.base_config()
+    config.distill.loss = loss
+    config.distill.loss_kwargs.update(kwargs)
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(config, num_devices=1)
+    config.distill.loss_kwargs = {}
+    config_lib.validate(config, num_devices=1)
+
+
 @pytest.mark.parametrize("name,arg", CASES)
 def test_config_validates_and_its_docstring_has_the_run_command(name, arg):
     config = get_config(name, arg)

@@ -97,6 +97,9 @@ def damage(directory):
         (["--config.student.train.batch_size=32", "--config.distill.loss=rkd", "--config.seed=1"],
          ["distill.loss: 'perception_coherence' -> 'rkd'", "seed: 0 -> 1",
           "student.train.batch_size: 16 -> 32"]),
+        # A loss option given on the command line is part of the run.
+        (["--config.distill.loss_kwargs.regularization_strength", "2"],
+         ["distill.loss_kwargs.regularization_strength: '(absent)' -> 2"]),
         # Another state structure (a projection head, no momentum): refused before any restore.
         (["--config.distill.loss=fitnet", "--config.student.train.optimizer.name=sgd"],
          ["distill.loss: 'perception_coherence' -> 'fitnet'",
@@ -312,6 +315,18 @@ _USAGE_ERRORS = {
     "unparsable value": (
         (), ["--config.student.train.batch_size=abc"],
         "flag --config.student.train.batch_size=abc: invalid literal for int()",
+    ),
+    "unknown loss option": (
+        (), ["--config.distill.loss_kwargs.eps=0.3"],
+        "config.distill.loss_kwargs.eps: not an option of perception_coherence; expected some of",
+    ),
+    "bad crd option": (
+        (), ["--config.distill.loss=crd", "--config.distill.loss_kwargs.nce_k=0"],
+        "config.distill.loss_kwargs.nce_k: must be an integer >= 1, got 0",
+    ),
+    "loss option without a value": (
+        (), ["--config.distill.loss_kwargs.nce_k"],
+        "config.distill.loss_kwargs.nce_k: the flag has no value",
     ),
     "batch larger than its split": (
         (), ["--config.student.train.batch_size=100000"],

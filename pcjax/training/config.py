@@ -31,8 +31,10 @@ training phase):
                 end_factor (cosine floor, a fraction of the base rate)
   distill.protocol  class_unaware: beta * transfer
                     class_aware: gamma * CE + alpha * KD + beta * transfer
-  distill.loss      a ``pcjax.losses`` name; ``loss_kwargs`` are passed to it, except for
-                    crd, whose keys are `CRD_OPTIONS` (see `crd_options`)
+  distill.loss      a ``pcjax.losses`` name; ``loss_kwargs`` are passed to it as keyword
+                    arguments (checked against its signature), except for crd, whose keys are
+                    `CRD_OPTIONS` (see `crd_options`). On train.py's command line:
+                    ``--config.distill.loss_kwargs.<key>=<value>`` (see `split_loss_kwargs_flags`)
   distill.beta      None = the loss's ``LossSpec.default_weight``; ``alpha``, ``gamma``,
                     ``kd_temperature`` as above
   eval              batch_size, knn_k, probe_train_split ("" = train_split),
@@ -48,7 +50,9 @@ the last checkpoint with the schedule resolved for the new length. Anything else
 
 from __future__ import annotations
 
+import ast
 import fnmatch
+import inspect
 import json
 
 import ml_collections
@@ -316,6 +320,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
         )
     elif config.distill.loss == "crd":
         crd_options(config)
+    else:
+        _check_loss_kwargs(config.distill.loss, dict(config.distill.loss_kwargs))
     for key in ("beta", "alpha", "gamma"):
         value = config.distill[key]
         if value is not None and value < 0:
@@ -335,6 +341,63 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
         _fail("eval.knn_k", f"must be positive, got {config.eval.knn_k}")
     if config.eval.pc_chunk_size < 0:
         _fail("eval.pc_chunk_size", f"must be >= 0, got {config.eval.pc_chunk_size}")
+
+
+LOSS_KWARGS_FLAG = "--config.distill.loss_kwargs."
+
+
+def _flag_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def split_loss_kwargs_flags(argv: list[str]) -> tuple[list[str], dict]:
+    """Takes ``--config.distill.loss_kwargs.<key>=<value>`` flags off a command line.
+
+    ml_collections overrides only keys the config file defines, but the keywords a loss takes
+    depend on the loss, which the command line may change too (``--config.distill.loss=crd``).
+    train.py therefore takes these flags off ``argv`` before ml_collections parses it and sets them
+    on the loaded config, where `validate` checks them against the loss. A value is a Python
+    literal (``0.3``, ``4096``, ``True``) or else a plain string (``cosine``); ``--flag value``
+    works as well as ``--flag=value``.
+
+    Returns:
+        ``(the other arguments, {key: value})``.
+
+    Raises:
+        ConfigError: a flag without a key or without a value.
+    """
+    rest, kwargs, args = [], {}, iter(argv)
+    for arg in args:
+        if not arg.startswith(LOSS_KWARGS_FLAG):
+            rest.append(arg)
+            continue
+        key, has_value, text = arg[len(LOSS_KWARGS_FLAG):].partition("=")
+        if not has_value:
+            text = next(args, None)
+            if text is None:
+                _fail(f"distill.loss_kwargs.{key}", "the flag has no value")
+        if not key.isidentifier():
+            _fail(f"distill.loss_kwargs.{key}", "expected --config.distill.loss_kwargs.<name>=<value>")
+        kwargs[key] = _flag_value(text)
+    return rest, kwargs
+
+
+# Keywords of the pure losses that the training step itself decides, not the config.
+_SET_BY_THE_STEP = ("mask", "axis_name")
+
+
+def _check_loss_kwargs(loss: str, given: dict) -> None:
+    from pcjax import losses
+
+    spec = losses.get(loss)
+    params = inspect.signature(spec.fn).parameters
+    accepted = [name for name, p in params.items() if p.kind is p.KEYWORD_ONLY and name not in _SET_BY_THE_STEP]
+    for key in sorted(set(given) - set(accepted)):
+        expected = f"expected some of {', '.join(accepted)}" if accepted else "it takes none"
+        _fail(f"distill.loss_kwargs.{key}", f"not an option of {loss}; {expected}")
 
 
 def crd_options(config: ml_collections.ConfigDict) -> dict:
