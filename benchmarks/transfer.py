@@ -12,8 +12,9 @@ One teacher per dataset is trained with cross-entropy; then one student per meth
     fitted on the training part) and by ``pc_score`` against the teacher's test features; the
     learning rate is picked by validation linear-probe accuracy.
   class_aware: cross-entropy + beta * transfer loss (beta = the registry's RepDistiller weight;
-    CRD 0.8), plus "CE only" and KD (0.1 * CE + 0.9 * KD, temperature 4, RepDistiller's KD
-    command). Scored and selected by top-1.
+    CRD 0.8), plus "CE only", KD (0.1 * CE + 0.9 * KD, temperature 4, RepDistiller's KD
+    command) and "CRD + KD" (CE + KD + 0.8 * CRD, RepDistiller's CRD+KD command). Scored and
+    selected by top-1.
 
 Every run is a train.py config (`method_config`) built, stepped and evaluated by the library's
 code: ``pcjax.training.build`` makes the phases and their step, ``pcjax.training.evaluation``
@@ -95,7 +96,8 @@ _LOSSES = (
 METHODS = {
     "class_unaware": (*_LOSSES, Method("no transfer", trained=False),
                       Method("supervised (CE, labels)")),
-    "class_aware": (Method("CE only"), Method("KD", "kd", weights=(0.1, 0.9, 0.0)), *_LOSSES),
+    "class_aware": (Method("CE only"), Method("KD", "kd", weights=(0.1, 0.9, 0.0)), *_LOSSES,
+                    Method("CRD + KD", "crd", weights=(1.0, 1.0, 0.8))),
 }
 
 
