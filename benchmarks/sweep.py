@@ -11,7 +11,7 @@ dissimilarities on both sides) one setting changes at a time:
 Every setting trains the same seeds at one learning rate. pc_score is always measured with
 euclidean dissimilarities on both sides, so that the rows compare.
 
-    python benchmarks/sweep.py --datasets digits mnist1d --seeds 3
+    python benchmarks/sweep.py --datasets digits mnist1d --seeds 5
 
 Writes benchmarks/results/sweep.md and sweep.png (linear probe and pc_score per setting).
 """
@@ -116,7 +116,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", choices=sorted(transfer.MODELS),
                         default=["digits", "mnist1d"])
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None,
                         help=f"student steps (default: {transfer.DEFAULT_STEPS})")
     parser.add_argument("--teacher_steps", type=int, default=1500)
