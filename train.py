@@ -8,8 +8,9 @@
 --config takes a config file (``path[:arg]``, big_vision style) and ``--config.key=value``
 overrides; ``--config.distill.loss_kwargs.<name>=<value>`` sets a keyword argument of the loss,
 whichever loss the command line picks. --workdir defaults to ./workdir/<config.name>. Rerunning
-the same command resumes from the workdir's latest checkpoints. Multi-host: set --config.distributed=True (or the
-JAX_COORDINATOR_ADDRESS environment variable) to call jax.distributed.initialize() first.
+the same command resumes from the workdir's latest checkpoints. Multi-host: set
+--config.distributed=True (or the JAX_COORDINATOR_ADDRESS environment variable) to call
+jax.distributed.initialize() first.
 
 A rerun into a workdir must use the same config, up to the keys that cannot change the results
 (logging, evaluation and checkpoint cadence; see pcjax.training.config); --extend also accepts new
@@ -37,7 +38,7 @@ def _exit(code: int, message: str):
 
 
 def _split_loss_kwargs():
-    # Imports only the config module (no jax): the flags below must be defined at import time.
+    # Before the config flag is defined: ml_collections reads its overrides off sys.argv then.
     from pcjax.training import config as config_lib
 
     try:

@@ -69,7 +69,8 @@ def test_loss_kwargs_flags_are_split_off_with_python_literal_values():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--config.distill.loss_kwargs.nce_k"], "config.distill.loss_kwargs.nce_k: the flag has no value"),
+    (["--config.distill.loss_kwargs.nce_k"],
+     "config.distill.loss_kwargs.nce_k: the flag has no value"),
     (["--config.distill.loss_kwargs.=3"], "config.distill.loss_kwargs.: expected --config.distill"),
     (["--config.distill.loss_kwargs.a.b=3"], "config.distill.loss_kwargs.a.b: expected"),
 ])
@@ -79,9 +80,10 @@ def test_malformed_loss_kwargs_flags_are_refused_naming_the_flag(argv, message):
 
 
 @pytest.mark.parametrize("loss, kwargs, message", [
-    ("perception_coherence", {"eps": 0.3}, "loss_kwargs.eps: not an option of perception_coherence; "
-     "expected some of student_dissimilarity, teacher_dissimilarity, regularization_strength, "
-     "regularization, objective"),
+    ("perception_coherence", {"eps": 0.3},
+     "loss_kwargs.eps: not an option of perception_coherence; expected some of "
+     "student_dissimilarity, teacher_dissimilarity, regularization_strength, regularization, "
+     "objective"),
     # Keywords the training step decides are not options.
     ("perception_coherence", {"mask": None}, "loss_kwargs.mask: not an option"),
     ("perception_coherence", {"axis_name": "data"}, "loss_kwargs.axis_name: not an option"),

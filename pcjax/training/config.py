@@ -380,7 +380,8 @@ def split_loss_kwargs_flags(argv: list[str]) -> tuple[list[str], dict]:
             if text is None:
                 _fail(f"distill.loss_kwargs.{key}", "the flag has no value")
         if not key.isidentifier():
-            _fail(f"distill.loss_kwargs.{key}", "expected --config.distill.loss_kwargs.<name>=<value>")
+            _fail(f"distill.loss_kwargs.{key}",
+                  "expected --config.distill.loss_kwargs.<name>=<value>")
         kwargs[key] = _flag_value(text)
     return rest, kwargs
 
@@ -394,7 +395,8 @@ def _check_loss_kwargs(loss: str, given: dict) -> None:
 
     spec = losses.get(loss)
     params = inspect.signature(spec.fn).parameters
-    accepted = [name for name, p in params.items() if p.kind is p.KEYWORD_ONLY and name not in _SET_BY_THE_STEP]
+    accepted = [name for name, p in params.items()
+                if p.kind is p.KEYWORD_ONLY and name not in _SET_BY_THE_STEP]
     for key in sorted(set(given) - set(accepted)):
         expected = f"expected some of {', '.join(accepted)}" if accepted else "it takes none"
         _fail(f"distill.loss_kwargs.{key}", f"not an option of {loss}; {expected}")
