@@ -34,7 +34,7 @@ training phase):
   distill.loss      a ``pcjax.losses`` name; ``loss_kwargs`` are passed to it as keyword
                     arguments (checked against its signature), except for crd, whose keys are
                     `CRD_OPTIONS` (see `crd_options`). On train.py's command line:
-                    ``--config.distill.loss_kwargs.<key>=<value>`` (see `split_loss_kwargs_flags`)
+                    ``--config.distill.loss_kwargs.<name>=<value>`` (see `split_loss_kwargs_flags`)
   distill.beta      None = the loss's ``LossSpec.default_weight``; ``alpha``, ``gamma``,
                     ``kd_temperature`` as above
   eval              batch_size, knn_k, probe_train_split ("" = train_split),
@@ -354,7 +354,7 @@ def _flag_value(text: str):
 
 
 def split_loss_kwargs_flags(argv: list[str]) -> tuple[list[str], dict]:
-    """Takes ``--config.distill.loss_kwargs.<key>=<value>`` flags off a command line.
+    """Takes ``--config.distill.loss_kwargs.<name>=<value>`` flags off a command line.
 
     ml_collections overrides only keys the config file defines, but the keywords a loss takes
     depend on the loss, which the command line may change too (``--config.distill.loss=crd``).
@@ -380,8 +380,7 @@ def split_loss_kwargs_flags(argv: list[str]) -> tuple[list[str], dict]:
             if text is None:
                 _fail(f"distill.loss_kwargs.{key}", "the flag has no value")
         if not key.isidentifier():
-            _fail(f"distill.loss_kwargs.{key}",
-                  "expected --config.distill.loss_kwargs.<name>=<value>")
+            _fail(f"distill.loss_kwargs.{key}", f"expected {LOSS_KWARGS_FLAG}<name>=<value>")
         kwargs[key] = _flag_value(text)
     return rest, kwargs
 
