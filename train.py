@@ -5,28 +5,30 @@
   python train.py --config configs/digits.py --config.distill.loss=rkd --config.seed=1
   python train.py --config.distill.loss_kwargs.regularization_strength=0.3
 
---config takes a config file (``path[:arg]``, big_vision style) and ``--config.key=value``
-overrides; ``--config.distill.loss_kwargs.<name>=<value>`` sets a keyword argument of the loss,
-whichever loss the command line picks. --workdir defaults to ./workdir/<config.name>. Rerunning
+--config takes a config file (``path[:arg]``, big_vision style: its ``get_config([arg])`` returns
+the keys that differ from the schema's defaults, see pcjax.training.config) and
+``--config.<key>=<value>`` overrides any key of the schema; ``--config.distill.loss_kwargs.<name>=
+<value>`` sets an option of the loss, whichever loss the command line picks. --workdir defaults to ./workdir/<config.name>. Rerunning
 the same command resumes from the workdir's latest checkpoints. Multi-host: set
 --config.distributed=True (or the JAX_COORDINATOR_ADDRESS environment variable) to call
 jax.distributed.initialize() first.
 
 A rerun into a workdir must use the same config, up to the keys that cannot change the results
-(logging, evaluation and checkpoint cadence; see pcjax.training.config); --extend also accepts new
-phase lengths. Errors print one line, ``train.py: error: ...``, and exit with 2 for usage errors
+(logging, evaluation and checkpoint cadence; see pcjax.training.resume); --extend also accepts
+longer phase lengths for phases that have not ended. Errors print one line, ``train.py: error: ...``, and exit with 2 for usage errors
 (bad flags, config file or values, a refused resume) or 1 for failures while running; set
 PCJAX_TRACEBACK=1 to get the full traceback instead.
 SIGTERM or Ctrl-C saves a checkpoint, prints where, and exits with status 128 + the signal number.
 """
 
 import os
+import runpy
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 USAGE, FAILURE = 2, 1
+_CONFIG_FLAG = "--config."
 
 
 def _exit(code: int, message: str):
@@ -37,67 +39,75 @@ def _exit(code: int, message: str):
     sys.exit(code)
 
 
-def _split_loss_kwargs():
-    # Before the config flag is defined: ml_collections reads its overrides off sys.argv then.
-    from pcjax.training import config as config_lib
+def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Takes the ``--config.<key>=<value>`` (or ``--config.<key> <value>``) flags off `argv`."""
+    rest, overrides, args = [], {}, iter(argv)
+    for arg in args:
+        if not arg.startswith(_CONFIG_FLAG):
+            rest.append(arg)
+            continue
+        key, has_value, text = arg[len(_CONFIG_FLAG):].partition("=")
+        if not has_value:
+            text = next(args, None)
+            if text is None:
+                _exit(USAGE, f"{_CONFIG_FLAG}{key}: the flag has no value")
+        if not all(part.isidentifier() for part in key.split(".")):
+            _exit(USAGE, f"{arg}: expected {_CONFIG_FLAG}<key>=<value>")
+        overrides[key] = text
+    return rest, overrides
 
-    try:
-        sys.argv[1:], kwargs = config_lib.split_loss_kwargs_flags(sys.argv[1:])
-    except config_lib.ConfigError as error:
-        _exit(USAGE, str(error))
-    return kwargs
 
-
-_LOSS_KWARGS = _split_loss_kwargs()
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "digits.py")
-try:
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", _DEFAULT_CONFIG, "Config file (path[:arg])."
-    )
-except (AttributeError, KeyError) as error:
-    # ml_collections looks up the --config.<key> overrides of sys.argv when the flag is defined.
-    _key = str(error).strip("\"'")
-    _flag = next(
-        (a.split("=")[0] for a in sys.argv[1:] if _key in a.split("=")[0].split(".")[1:]),
-        "--config",
-    )
-    _exit(USAGE, f"{_flag}: the config has no key {_key!r}")
+_CONFIG = flags.DEFINE_string("config", _DEFAULT_CONFIG, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (default ./workdir/<config.name>)."
 )
 _EXTEND = flags.DEFINE_bool(
-    "extend", False, "Resume a workdir whose config differs only in the phase lengths."
+    "extend", False, "Resume a workdir whose config differs only in longer phase lengths."
 )
+_OVERRIDES: dict[str, str] = {}
 
 
 def _one_line(error: BaseException) -> str:
-    # Some errors (a config file that fails to load) carry a traceback in their message: keep its
-    # first and last lines, which name the flag and the cause.
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return " ... ".join(dict.fromkeys(lines[:1] + lines[-1:])) or type(error).__name__
 
 
 def _parse_flags(argv):
+    argv, overrides = _split_overrides(argv)
+    _OVERRIDES.update(overrides)
     try:
         args = flags.FLAGS(argv)
-        _CONFIG.value.keys()  # A config file that failed to load raises on first use.
-    except Exception as error:  # noqa: BLE001 - every parsing failure is a usage error.
+    except flags.Error as error:
         _exit(USAGE, _one_line(error))
     if len(args) > 1:
         _exit(USAGE, f"unexpected arguments: {' '.join(args[1:])}")
     return args
 
 
+def _load_config():
+    """The config file's ``get_config([arg])``, completed by the schema, with the overrides."""
+    from pcjax.training import config as config_lib
+
+    path, _, arg = _CONFIG.value.partition(":")
+    if not os.path.isfile(path):
+        _exit(USAGE, f"--config: no config file at {path}")
+    try:
+        get_config = runpy.run_path(path)["get_config"]
+        config = config_lib.complete(get_config(arg) if arg else get_config())
+        config_lib.apply_overrides(config, _OVERRIDES)
+    except config_lib.ConfigError as error:
+        _exit(USAGE, str(error).replace("config.", _CONFIG_FLAG, 1))
+    except Exception as error:  # noqa: BLE001 - a config file that fails is a usage error.
+        _exit(USAGE, f"--config {_CONFIG.value}: {type(error).__name__}: {_one_line(error)}")
+    return config
+
+
 def main(argv):
     del argv  # Checked by _parse_flags.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the progress bars.
-    config = _CONFIG.value
-    try:
-        with config.unlocked():
-            config.distill.loss_kwargs.update(_LOSS_KWARGS)
-    except (TypeError, ValueError) as error:  # ml_collections refuses a value of another type.
-        _exit(USAGE, f"--config.distill.loss_kwargs: {_one_line(error)}")
+    config = _load_config()
     workdir = None
     try:
         import jax
@@ -108,7 +118,8 @@ def main(argv):
             config.distributed, heartbeat_timeout_seconds=config.heartbeat_timeout_seconds
         )
         from pcjax.training import config as config_lib
-        from pcjax.training import preemption, trainer
+        from pcjax.training import preemption, report, trainer
+        from pcjax.training.loop import last_checkpoint
 
         workdir = _WORKDIR.value or trainer.default_workdir(config)
         try:
@@ -119,12 +130,12 @@ def main(argv):
             print(error, file=sys.stderr)
             sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        where = trainer.last_checkpoint(workdir) if workdir else None
+        where = last_checkpoint(workdir) if workdir else None
         _exit(130, f"interrupted; {where or 'no checkpoint was written'}")
     except Exception as error:  # noqa: BLE001 - the one-line report of any failure.
         _exit(FAILURE, f"{type(error).__name__}: {_one_line(error)}")
     if jax.process_index() == 0:  # Every process ends with the same results; one prints them.
-        print(trainer.summary_table(config, results))
+        print(report.summary_table(config, results))
         print(f"workdir: {os.path.abspath(workdir)}")
 
 

@@ -35,8 +35,9 @@ import numpy as np  # noqa: E402
 from _timing import median_seconds  # noqa: E402
 
 from configs import cifar100  # noqa: E402
-from pcjax import data  # noqa: E402
 from pcjax.training import build, sharding  # noqa: E402
+from pcjax.training import config as config_lib  # noqa: E402
+from pcjax.training import spec as spec_lib  # noqa: E402
 from pcjax.training import state as state_lib  # noqa: E402
 
 PAIR = "resnet32x4_resnet8x4"
@@ -46,9 +47,13 @@ VARIANTS = {"kd": "kd", "pc": "perception_coherence", "rkd": "rkd"}
 def measure(batch_sizes, runs: int, warmup: int) -> list[dict]:
     """Median step time (seconds) of every variant at every batch size, and its ratio to KD."""
     mesh = sharding.make_mesh(1)
-    config = cifar100.get_config(PAIR)
-    spec = data.spec(config.dataset)
-    teacher = build.teacher_phase(config, mesh, num_examples=50000)
+    config = config_lib.complete(cifar100.get_config(PAIR))
+
+    def resolve():
+        return spec_lib.resolve(config, mesh, num_train_examples=50000)
+
+    spec = resolve().dataset
+    teacher = build.teacher_phase(resolve())
     teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
     rows = []
     for batch_size in batch_sizes:
@@ -60,7 +65,7 @@ def measure(batch_sizes, runs: int, warmup: int) -> list[dict]:
         medians = {}
         for name, loss in VARIANTS.items():
             config.distill.loss = loss
-            phase = build.student_phase(config, mesh, teacher, num_examples=50000)
+            phase = build.student_phase(resolve(), teacher)
             step, carried = build.jit_step(phase.step, mesh), {"state": phase.state}
 
             def train_step(step=step, carried=carried):  # The donated state is carried on.

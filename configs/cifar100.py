@@ -42,7 +42,7 @@ protocol: --config.distill.protocol=class_unaware.
 Time: not measured (240 + 240 epochs; 2 x 187,440 steps at batch 64).
 """
 
-from pcjax.training.config import base_config, phase_config
+import ml_collections
 
 PAIRS = (
     ("wrn_40_2", "wrn_16_2"),
@@ -70,24 +70,15 @@ def get_config(arg: str | None = None):
             f"configs/cifar100.py: unknown pair {arg!r}; expected one of {sorted(ARGS)}"
         )
     teacher, student = ARGS[arg]
-    config = base_config()
-    config.name = f"cifar100_{arg}"
-    config.dataset = "cifar100"
-    config.teacher.model = teacher
-    config.student.model = student
-    config.teacher.train = phase_config(log_every=200, checkpoint_every=5000, eval_every=10000)
+    cadence = dict(log_every=200, checkpoint_every=5000, eval_every=10000)
     student_lr = 0.01 if student in _LOW_LR_STUDENTS else 0.05
-    config.student.train = phase_config(
-        log_every=200,
-        checkpoint_every=5000,
-        eval_every=10000,
-        optimizer=dict(learning_rate=student_lr),
-    )
-    config.distill.protocol = "class_aware"
-    config.distill.loss = "perception_coherence"
-    config.distill.gamma = 1.0
-    config.distill.alpha = 0.0
-    config.eval.batch_size = 1000
-    config.eval.knn_k = 20
-    config.eval.pc_chunk_size = 1000
-    return config
+    # Both phases keep the schema's RepDistiller recipe (pcjax.training.config.phase_config).
+    return ml_collections.ConfigDict(dict(
+        name=f"cifar100_{arg}",
+        dataset="cifar100",
+        teacher=dict(model=teacher, train=cadence),
+        student=dict(model=student,
+                     train=dict(optimizer=dict(learning_rate=student_lr), **cadence)),
+        distill=dict(protocol="class_aware", loss="perception_coherence", gamma=1.0, alpha=0.0),
+        eval=dict(batch_size=1000, knn_k=20, pc_chunk_size=1000),
+    ))

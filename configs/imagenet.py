@@ -26,16 +26,10 @@ Multi-host (TPU pod / several GPU hosts): run the same command on every host wit
 Time: not measured.
 """
 
-from pcjax.training.config import base_config, phase_config
+import ml_collections
 
 
 def get_config():
-    config = base_config()
-    config.name = "imagenet_resnet34_resnet18"
-    config.dataset = "imagenet2012"
-    config.eval_split = "validation"
-    config.teacher.model = "imagenet_resnet34"
-    config.student.model = "imagenet_resnet18"
     recipe = dict(
         batch_size=256,
         num_epochs=90.0,
@@ -45,12 +39,12 @@ def get_config():
         optimizer=dict(learning_rate=0.1, weight_decay=1e-4),
         schedule=dict(decay_epochs=(30, 60)),
     )
-    config.teacher.train = phase_config(**recipe)
-    config.student.train = phase_config(**recipe)
-    config.distill.protocol = "class_aware"
-    config.distill.loss = "perception_coherence"
-    config.eval.batch_size = 1024
-    config.eval.knn_k = 20
-    config.eval.probe_train_split = "train[:10%]"
-    config.eval.pc_chunk_size = 1000
-    return config
+    return ml_collections.ConfigDict(dict(
+        name="imagenet_resnet34_resnet18",
+        dataset="imagenet2012",
+        eval_split="validation",
+        teacher=dict(model="imagenet_resnet34", train=recipe),
+        student=dict(model="imagenet_resnet18", train=recipe),
+        distill=dict(protocol="class_aware", loss="perception_coherence"),
+        eval=dict(batch_size=1024, knn_k=20, probe_train_split="train[:10%]", pc_chunk_size=1000),
+    ))

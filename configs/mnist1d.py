@@ -19,8 +19,7 @@ _DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py")
 
 def get_config():
     config = runpy.run_path(_DIGITS)["get_config"]()
-    config.name = "mnist1d"
-    config.dataset = "mnist1d"
+    config.update(name="mnist1d", dataset="mnist1d")
     config.teacher.model = "mnist1d_cnn"
     config.student.model = "mnist1d_student"
     for phase, epochs in ((config.teacher.train, 40.0), (config.student.train, 60.0)):

@@ -13,7 +13,7 @@ import importlib
 
 from pcjax import losses, metrics
 from pcjax.dissimilarity import pairwise_dissimilarity
-from pcjax.losses import LossSpec, pc_score, perception_coherence_loss
+from pcjax.losses import pc_score, perception_coherence_loss
 from pcjax.metrics import accuracy, knn_accuracy, linear_probe_accuracy
 from pcjax.ranking import rank, soft_rank, soft_sort
 
@@ -41,7 +41,6 @@ def __getattr__(name):
 __all__ = [
     "DatasetNotFoundError",
     "DatasetSpec",
-    "LossSpec",
     "ModelOutput",
     "accuracy",
     "data",

@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from float32 import assert_close
 from pcjax.losses import crd
 from pcjax.losses.crd_heads import CRDHeads
-from pcjax.training import build, checkpoint, sharding
+from pcjax.training import build, checkpoint, population, sharding, spec as spec_lib
 from pcjax.training import config as config_lib
 from pcjax.training import state as state_lib
 
@@ -223,7 +223,7 @@ def test_bad_input_raises_value_error_naming_the_argument(call, message):
 
 
 def _crd_config(protocol="class_unaware"):
-    config = digits.get_config()
+    config = config_lib.complete(digits.get_config())
     config.distill.loss, config.distill.protocol = "crd", protocol
     config.distill.loss_kwargs.update(nce_k=8, feat_dim=16)
     config.student.train = config_lib.phase_config(
@@ -234,9 +234,10 @@ def _crd_config(protocol="class_unaware"):
 
 
 def _crd_phase(config, mesh):
-    teacher = build.teacher_phase(config, mesh, num_examples=100)
+    spec = spec_lib.resolve(config, mesh)
+    teacher = build.teacher_phase(spec)
     teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
-    return build.student_phase(config, mesh, teacher)
+    return build.student_phase(spec, teacher)
 
 
 def _batch(rng, num_examples):
@@ -312,7 +313,7 @@ def test_bad_crd_option_is_rejected_naming_the_key(kwargs, message):
     config = _crd_config()
     config.distill.loss_kwargs.update(kwargs)
     with pytest.raises(config_lib.ConfigError, match=f"config.distill.{message}"):
-        config_lib.validate(config, num_devices=1)
+        spec_lib.resolve(config, sharding.make_mesh(1), num_train_examples=100)
 
 
 def test_population_member_equals_its_own_crd_run():
@@ -321,18 +322,19 @@ def test_population_member_equals_its_own_crd_run():
     mesh = sharding.make_mesh(1)
     configs = [_crd_config() for _ in range(2)]
     configs[1].seed = 1
-    teacher = build.teacher_phase(configs[0], mesh, num_examples=100)
+    specs = [spec_lib.resolve(c, mesh) for c in configs]
+    teacher = build.teacher_phase(specs[0])
     teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
-    pop = build.population(
-        [build.student_phase(c, mesh, teacher, population=True) for c in configs], [1.0, 1.0])
+    pop = population.stack(
+        [build.student_phase(s, teacher, population=True) for s in specs], [1.0, 1.0])
     num_examples = pop.state.loss_state["crd"].bank_s.shape[1]
     rng = np.random.default_rng(0)
     batches = [[_batch(rng, num_examples) for _ in configs] for _ in range(2)]
     state, step = pop.state, jax.jit(pop.step)
     for members in batches:
         state, _ = step(state, jax.tree.map(lambda *x: np.stack(x), *members), teacher.variables)
-    for i, config in enumerate(configs):
-        alone = build.student_phase(config, mesh, teacher)
+    for i, spec in enumerate(specs):
+        alone = build.student_phase(spec, teacher)
         single, single_step = alone.state, jax.jit(alone.step)
         for members in batches:
             single, _ = single_step(single, members[i], teacher.variables)

@@ -217,24 +217,6 @@ def test_bad_input_raises_value_error_naming_the_argument(kwargs, message):
                                   arguments.pop("teacher_features"), **arguments)
 
 
-def test_registry_lists_every_loss_with_its_inputs_and_projection():
-    assert losses.names() == ("perception_coherence", "kd", "fitnet", "rkd", "pkt", "sp", "cc",
-                              "crd")
-    assert [n for n in losses.names() if losses.get(n).stateful] == ["crd"]
-    assert losses.get("kd").inputs == "logits"
-    assert losses.get("fitnet").projection == "linear"
-    assert losses.get("cc").projection == "linear"
-    assert losses.get("perception_coherence").accepts_mask
-    assert {name: losses.get(name).default_weight for name in ("fitnet", "rkd", "pkt", "sp", "cc",
-                                                                "kd", "crd")} == dict(
-        fitnet=100.0, rkd=1.0, pkt=30000.0, sp=3000.0, cc=0.02, kd=0.9, crd=0.8)
-
-
-def test_registry_rejects_unknown_name():
-    with pytest.raises(ValueError, match="Unknown loss 'crdd'"):
-        losses.get("crdd")
-
-
 # ----------------------------------------------------------------------------- edge cases
 
 

@@ -25,6 +25,7 @@ from PIL import Image
 from pcjax import data
 from pcjax.data import prepare
 from pcjax.training import config as config_lib
+from pcjax.training import sharding, spec as spec_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10_NAMES = "airplane automobile bird cat deer dog frog horse ship truck".split()
@@ -385,10 +386,11 @@ def test_folder_dataset_passes_config_validation_only_with_its_data_dir(prepared
     config.dataset = "shapes"
     config.teacher.model = config.student.model = "resnet8"
     config.data_dir = prepared["data_dir"]
-    config_lib.validate(config, num_devices=1)
+    mesh = sharding.make_mesh(1)
+    spec_lib.resolve(config, mesh, num_train_examples=10)
     config.data_dir = str(prepared["inputs"])
     with pytest.raises(ValueError, match="config.dataset: unknown dataset 'shapes'"):
-        config_lib.validate(config, num_devices=1)
+        spec_lib.resolve(config, mesh, num_train_examples=10)
 
 
 def test_flat_test_folder_with_label_file_and_original_sizes(prepared, tmp_path):

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from pcjax.training import checkpoint
-from pcjax.training import config as config_lib
 from pcjax.training import logging as log_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,23 +120,6 @@ def test_rerun_with_another_config_is_refused_before_any_work(finished, args, ke
     assert "Use a new --workdir." in line and "--extend" not in line
     after = {name: os.path.getmtime(os.path.join(finished, name)) for name in before}
     assert after == before
-
-
-def test_resume_check_allows_cadence_and_with_extend_the_length():
-    saved = json.loads(config_lib.base_config().to_json_best_effort())
-    config = config_lib.base_config()
-    config.student.train.log_every = 7
-    config.teacher.train.checkpoint_every = 5
-    config.eval.knn_k = 3
-    config.num_devices = 2
-    config_lib.check_resume(saved, config, workdir="w")
-    config.student.train.num_epochs = 300.0
-    with pytest.raises(config_lib.ConfigError, match=r"num_epochs: 240.0 -> 300.0\).*--extend"):
-        config_lib.check_resume(saved, config, workdir="w")
-    config_lib.check_resume(saved, config, workdir="w", extend=True)
-    config.student.train.schedule.decay_epochs = (100,)
-    with pytest.raises(config_lib.ConfigError, match=r"decay_epochs: \[150, 180, 210\] -> \[100\]"):
-        config_lib.check_resume(saved, config, workdir="w", extend=True)
 
 
 # ----------------------------------------------------------------------------- damage

@@ -1,11 +1,12 @@
 """Training: teacher phase, distillation phase, evaluation (see train.py and configs/).
 
     from pcjax import training
+    config = training.complete({"student": {"train": {"num_epochs": 5.0}}})
     results = training.run(config, workdir)      # config: an ml_collections.ConfigDict
     print(training.summary_table(config, results))
 
-Names are imported on first use, so a config file (which imports ``pcjax.training.config``)
-does not load the trainer, the input pipeline or the checkpointer.
+Names are imported on first use, so importing the config schema does not load the trainer, the
+input pipeline or the checkpointer.
 """
 
 import importlib
@@ -13,15 +14,17 @@ import importlib
 _LAZY = {
     "CheckpointError": "pcjax.training.checkpoint",
     "ConfigError": "pcjax.training.config",
+    "RunSpec": "pcjax.training.spec",
     "TrainState": "pcjax.training.state",
-    "TrainingDivergedError": "pcjax.training.trainer",
+    "TrainingDivergedError": "pcjax.training.loop",
     "base_config": "pcjax.training.config",
+    "complete": "pcjax.training.config",
     "default_workdir": "pcjax.training.trainer",
     "make_mesh": "pcjax.training.sharding",
     "phase_config": "pcjax.training.config",
+    "resolve": "pcjax.training.spec",
     "run": "pcjax.training.trainer",
-    "summary_table": "pcjax.training.trainer",
-    "validate": "pcjax.training.config",
+    "summary_table": "pcjax.training.report",
 }
 
 

@@ -1,8 +1,10 @@
 """The run configuration: its schema (defaults) and its validation.
 
-A config is an ``ml_collections.ConfigDict``; ``configs/*.py`` build one with `base_config` and
-`phase_config` and override what differs. Schema (``phase`` = the teacher's or the student's
-training phase):
+A config is an ``ml_collections.ConfigDict``. A config file (``configs/*.py``, which imports
+only ``ml_collections``) returns the keys that differ from `base_config`; `complete` lays them over
+the defaults, and `apply_overrides` the command line's ``--config.<key>=<value>`` flags. Schema
+(``phase`` = the teacher's or the student's training phase; every phase key defaults to
+`phase_config`'s):
 
   name              run name; the default workdir is ``./workdir/<name>``
   seed              seeds init, data order and per-step rng (``fold_in(key, step)``)
@@ -31,39 +33,33 @@ training phase):
                 end_factor (cosine floor, a fraction of the base rate)
   distill.protocol  class_unaware: beta * transfer
                     class_aware: gamma * CE + alpha * KD + beta * transfer
-  distill.loss      a ``pcjax.losses`` name; ``loss_kwargs`` are passed to it as keyword
-                    arguments (checked against its signature), except for crd, whose keys are
-                    `CRD_OPTIONS` (see `crd_options`). On train.py's command line:
-                    ``--config.distill.loss_kwargs.<name>=<value>`` (see `split_loss_kwargs_flags`)
-  distill.beta      None = the loss's ``LossSpec.default_weight``; ``alpha``, ``gamma``,
+  distill.loss      a ``pcjax.losses.transfer`` name; ``loss_kwargs`` are its options, checked
+                    and completed with their defaults by the loss (``resolve_options``). On
+                    train.py's command line: ``--config.distill.loss_kwargs.<name>=<value>``
+  distill.beta      None = the loss's ``default_weight``; ``alpha``, ``gamma``,
                     ``kd_temperature`` as above
   eval              batch_size, knn_k, probe_train_split ("" = train_split),
                     pc_chunk_size (0 = the pc_score default)
 
-Resume: a workdir keeps the config that produced it (config.json). A rerun into it may change only
-the keys that cannot change the training trajectory (`MAY_DIFFER`: the run name, where the data
-lives, devices, what is evaluated and how often, logging and checkpoint cadence); with
-``extend=True`` (``train.py --extend``) also the phase lengths (`LENGTH_KEYS`), to train on from
-the last checkpoint with the schedule resolved for the new length. Anything else is refused by
-`check_resume`, naming each differing key.
+Checks: `pcjax.training.spec.resolve` checks every value and returns the run it describes;
+`pcjax.training.resume` decides whether a workdir's saved config may be continued.
 """
 
 from __future__ import annotations
 
 import ast
-import fnmatch
-import inspect
-import json
+import difflib
 
 import ml_collections
 from ml_collections import config_dict
 
-from pcjax.training import optim
 
-PROTOCOLS = ("class_unaware", "class_aware")
-# CRD's distill.loss_kwargs and their defaults (RepDistiller's): embedding size (heads and banks),
-# negatives per sample (capped at the train split's size - 1), temperature, bank momentum.
-CRD_OPTIONS = {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "momentum": 0.5}
+class ConfigError(ValueError):
+    """A config the run refuses; the message starts with the offending key (``config.<key>: ``)."""
+
+
+def fail(key: str, message: str):
+    raise ConfigError(f"config.{key}: {message}")
 
 
 def phase_config(**overrides) -> ml_collections.ConfigDict:
@@ -136,300 +132,80 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
 
-MAY_DIFFER = (
-    "name",
-    "data_dir",
-    "distributed",
-    "heartbeat_timeout_seconds",
-    "num_devices",
-    "eval_split",
-    "eval.*",
-    "*.train.log_every",
-    "*.train.eval_every",
-    "*.train.checkpoint_every",
-    "*.train.keep_checkpoints",
-)
-LENGTH_KEYS = ("*.train.num_steps", "*.train.num_epochs")
+# Keys whose value is a dict of any keys (the loss's options), not part of the schema.
+_OPEN = ("distill.loss_kwargs",)
 
 
-class ConfigError(ValueError):
-    """A config the run refuses; the message starts with the offending key (``config.<key>: ``)."""
+def _child(config: ml_collections.ConfigDict, key: str, path: str):
+    """``config[key]``; ConfigError naming `path` (and the closest key) if the schema lacks it."""
+    if key not in config:
+        close = difflib.get_close_matches(key, list(config.keys()), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        fail(path, f"no such key{hint}")
+    return config[key]
 
 
-def _fail(key: str, message: str):
-    raise ConfigError(f"config.{key}: {message}")
+def _set(config: ml_collections.ConfigDict, key: str, value, path: str) -> None:
+    current = config[key]
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif isinstance(current, tuple) and isinstance(value, (list, int, float)):
+        value = tuple(value) if isinstance(value, list) else (value,)
+    try:
+        config[key] = value
+    except (TypeError, ValueError):
+        expected = type(current).__name__ if current is not None else "a number"
+        fail(path, f"expected {expected}, got {value!r}")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+def _merge(config: ml_collections.ConfigDict, given, prefix: str) -> None:
+    for key, value in given.items():
+        path = f"{prefix}{key}"
+        current = _child(config, key, path)
+        if path in _OPEN:
+            config[key] = ml_collections.ConfigDict(dict(value))
+        elif isinstance(current, ml_collections.ConfigDict):
+            if not isinstance(value, (dict, ml_collections.ConfigDict)):
+                fail(path, f"expected a dict of keys, got {value!r}")
+            _merge(current, value, f"{path}.")
         else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+            _set(config, key, value, path)
 
 
-def check_resume(
-    saved: dict, config: ml_collections.ConfigDict, *, workdir: str, extend: bool = False
-) -> None:
-    """Refuses to continue a workdir whose saved config differs where the trajectory depends on it.
+def complete(given) -> ml_collections.ConfigDict:
+    """`base_config` with the keys of `given` (a config file's dict or ConfigDict) laid over it.
 
-    Args:
-      saved: the workdir's config.json, as loaded by ``json.load``.
-      config: the config of this run.
-      workdir: the workdir (named in the message).
-      extend: also accept changed phase lengths (`LENGTH_KEYS`).
-
-    Raises:
-      ConfigError: listing every refused key as ``key: old -> new`` and the ways out.
+    Raises ConfigError naming a key the schema lacks (with the closest key) or a value of the
+    wrong type.
     """
-    old = _flatten(saved)
-    # The JSON round trip gives both sides the same types (tuples become lists).
-    new = _flatten(json.loads(config.to_json_best_effort()))
-    allowed = MAY_DIFFER + (LENGTH_KEYS if extend else ())
-    missing = "(absent)"
-    changed = [
-        f"{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}"
-        for key in sorted(set(old) | set(new))
-        if old.get(key, missing) != new.get(key, missing)
-        and not any(fnmatch.fnmatchcase(key, pattern) for pattern in allowed)
-    ]
-    if not changed:
-        return
-    only_lengths = all(
-        any(fnmatch.fnmatchcase(c.split(":")[0], p) for p in LENGTH_KEYS) for c in changed
-    )
-    hint = " (or pass --extend to train on to the new phase length)" if only_lengths else ""
-    raise ConfigError(
-        f"config: the workdir {workdir} holds a run with another config ({'; '.join(changed)}); "
-        f"resuming it would mix two runs. Use a new --workdir{hint}."
-    )
+    config = base_config()
+    _merge(config, given.to_dict() if isinstance(given, ml_collections.ConfigDict) else given, "")
+    return config
 
 
-def check_batch_sizes(config: ml_collections.ConfigDict, num_train_examples: int) -> None:
-    """Each trained phase's global batch must fit in the train split.
-
-    A larger batch would hold examples twice (their distances tie at 0), and the pipeline would
-    decode a whole split per step.
-    """
-    for role in ("student",) if config.teacher.checkpoint else ("teacher", "student"):
-        batch = config[role].train.batch_size
-        if batch > num_train_examples:
-            _fail(
-                f"{role}.train.batch_size",
-                f"{batch} is larger than the {num_train_examples} examples of split "
-                f"{config.train_split!r} of {config.dataset!r}",
-            )
-
-
-def _check_split(key: str, batch_size: int, num_devices: int):
-    from pcjax.data.pipeline import check_batch_split  # imports grain: only when validating
-
-    try:
-        check_batch_split(batch_size, num_devices, "devices of the data mesh", f"config.{key}")
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-
-
-def _check_phase(prefix: str, phase: ml_collections.ConfigDict, num_devices: int):
-    if phase.batch_size <= 0:
-        _fail(f"{prefix}.batch_size", f"must be positive, got {phase.batch_size}")
-    _check_split(f"{prefix}.batch_size", phase.batch_size, num_devices)
-    if (
-        phase.num_steps < 0
-        or phase.num_epochs < 0
-        or (phase.num_steps == 0 and phase.num_epochs == 0)
-    ):
-        _fail(
-            f"{prefix}.num_steps",
-            f"set num_steps > 0 or num_epochs > 0 (got {phase.num_steps} and {phase.num_epochs})",
-        )
-    for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
-        if phase[key] <= 0:
-            _fail(f"{prefix}.{key}", f"must be positive, got {phase[key]}")
-    if phase.eval_every < 0:
-        _fail(f"{prefix}.eval_every", f"must be >= 0, got {phase.eval_every}")
-    opt, sched = phase.optimizer, phase.schedule
-    if opt.name not in optim.OPTIMIZERS:
-        _fail(
-            f"{prefix}.optimizer.name",
-            f"unknown optimizer {opt.name!r}; expected one of {optim.OPTIMIZERS}",
-        )
-    if not opt.learning_rate > 0:
-        _fail(f"{prefix}.optimizer.learning_rate", f"must be positive, got {opt.learning_rate}")
-    if opt.weight_decay < 0:
-        _fail(f"{prefix}.optimizer.weight_decay", f"must be >= 0, got {opt.weight_decay}")
-    if not 0 <= opt.momentum < 1:
-        _fail(f"{prefix}.optimizer.momentum", f"must be in [0, 1), got {opt.momentum}")
-    if opt.grad_clip_norm < 0:
-        _fail(f"{prefix}.optimizer.grad_clip_norm", f"must be >= 0, got {opt.grad_clip_norm}")
-    if sched.name not in optim.SCHEDULES:
-        _fail(
-            f"{prefix}.schedule.name",
-            f"unknown schedule {sched.name!r}; expected one of {optim.SCHEDULES}",
-        )
-    if sched.warmup_steps < 0 or sched.warmup_epochs < 0:
-        _fail(f"{prefix}.schedule.warmup_steps", "warmup must be >= 0")
-    for key in ("decay_steps", "decay_epochs"):
-        values = list(sched[key])
-        if any(v <= 0 for v in values) or values != sorted(set(values)):
-            _fail(
-                f"{prefix}.schedule.{key}",
-                f"must be positive and strictly increasing, got {tuple(values)}",
-            )
-    if not 0 < sched.decay_factor <= 1:
-        _fail(f"{prefix}.schedule.decay_factor", f"must be in (0, 1], got {sched.decay_factor}")
-    if not 0 <= sched.end_factor <= 1:
-        _fail(f"{prefix}.schedule.end_factor", f"must be in [0, 1], got {sched.end_factor}")
-
-
-def validate(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
-    """Checks every value a run depends on, before any training starts.
-
-    Args:
-        config: the run config (see the module docstring for the schema).
-        num_devices: devices of the data mesh; each phase's global batch must divide evenly.
-
-    Raises:
-        ConfigError: naming the offending key (``config.student.train.batch_size: ...``).
-    """
-    # The registries import TFDS, grain and flax: only a validation pays for them, not a config.
-    from pcjax import data, losses, models
-
-    try:
-        data.spec(config.dataset, data_dir=config.data_dir or None)
-    except (KeyError, ValueError) as e:
-        _fail("dataset", f"unknown dataset {config.dataset!r} ({e})")
-    known_models = models.names()
-    for role in ("teacher", "student"):
-        if config[role].model not in known_models:
-            _fail(
-                f"{role}.model",
-                f"unknown model {config[role].model!r}; known: {', '.join(known_models)}",
-            )
-    if config.distill.protocol not in PROTOCOLS:
-        _fail(
-            "distill.protocol",
-            f"unknown protocol {config.distill.protocol!r}; expected one of {PROTOCOLS}",
-        )
-    if config.distill.loss not in losses.names():
-        _fail(
-            "distill.loss",
-            f"unknown loss {config.distill.loss!r}; known: {', '.join(losses.names())}",
-        )
-    elif config.distill.loss == "crd":
-        crd_options(config)
-    else:
-        _check_loss_kwargs(config.distill.loss, dict(config.distill.loss_kwargs))
-    for key in ("beta", "alpha", "gamma"):
-        value = config.distill[key]
-        if value is not None and value < 0:
-            _fail(f"distill.{key}", f"loss weights must be >= 0, got {value}")
-    if not any(loss_weights(config).values()):
-        _fail("distill.beta", "every loss weight is 0: nothing would be trained")
-    if config.distill.kd_temperature <= 0:
-        _fail("distill.kd_temperature", f"must be positive, got {config.distill.kd_temperature}")
-    if config.num_devices < 0:
-        _fail("num_devices", f"must be >= 0 (0 = all devices), got {config.num_devices}")
-    for role in ("teacher", "student"):
-        _check_phase(f"{role}.train", config[role].train, num_devices)
-    if config.eval.batch_size <= 0:
-        _fail("eval.batch_size", f"must be positive, got {config.eval.batch_size}")
-    _check_split("eval.batch_size", config.eval.batch_size, num_devices)
-    if config.eval.knn_k <= 0:
-        _fail("eval.knn_k", f"must be positive, got {config.eval.knn_k}")
-    if config.eval.pc_chunk_size < 0:
-        _fail("eval.pc_chunk_size", f"must be >= 0, got {config.eval.pc_chunk_size}")
-
-
-LOSS_KWARGS_FLAG = "--config.distill.loss_kwargs."
-
-
-def _flag_value(text: str):
+def parse_value(text: str, current):
+    """A command-line value: text for a string key, else a Python literal (``0.3``, ``(1, 2)``,
+    ``True``; ``true``/``false`` too), or the text itself if it is none."""
+    if isinstance(current, str):
+        return text
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
 
 
-def split_loss_kwargs_flags(argv: list[str]) -> tuple[list[str], dict]:
-    """Takes ``--config.distill.loss_kwargs.<name>=<value>`` flags off a command line.
-
-    ml_collections overrides only keys the config file defines, but the keywords a loss takes
-    depend on the loss, which the command line may change too (``--config.distill.loss=crd``).
-    train.py therefore takes these flags off ``argv`` before ml_collections parses it and sets them
-    on the loaded config, where `validate` checks them against the loss. A value is a Python
-    literal (``0.3``, ``4096``, ``True``) or else a plain string (``cosine``); ``--flag value``
-    works as well as ``--flag=value``.
-
-    Returns:
-        ``(the other arguments, {key: value})``.
-
-    Raises:
-        ConfigError: a flag without a key or without a value.
-    """
-    rest, kwargs, args = [], {}, iter(argv)
-    for arg in args:
-        if not arg.startswith(LOSS_KWARGS_FLAG):
-            rest.append(arg)
-            continue
-        key, has_value, text = arg[len(LOSS_KWARGS_FLAG):].partition("=")
-        if not has_value:
-            text = next(args, None)
-            if text is None:
-                _fail(f"distill.loss_kwargs.{key}", "the flag has no value")
-        if not key.isidentifier():
-            _fail(f"distill.loss_kwargs.{key}", f"expected {LOSS_KWARGS_FLAG}<name>=<value>")
-        kwargs[key] = _flag_value(text)
-    return rest, kwargs
-
-
-# Keywords of the pure losses that the training step itself decides, not the config.
-_SET_BY_THE_STEP = ("mask", "axis_name")
-
-
-def _check_loss_kwargs(loss: str, given: dict) -> None:
-    from pcjax import losses
-
-    spec = losses.get(loss)
-    params = inspect.signature(spec.fn).parameters
-    accepted = [name for name, p in params.items()
-                if p.kind is p.KEYWORD_ONLY and name not in _SET_BY_THE_STEP]
-    for key in sorted(set(given) - set(accepted)):
-        expected = f"expected some of {', '.join(accepted)}" if accepted else "it takes none"
-        _fail(f"distill.loss_kwargs.{key}", f"not an option of {loss}; {expected}")
-
-
-def crd_options(config: ml_collections.ConfigDict) -> dict:
-    """`CRD_OPTIONS` updated by ``config.distill.loss_kwargs``; ConfigError naming a bad key."""
-    given = dict(config.distill.loss_kwargs)
-    for key in sorted(set(given) - set(CRD_OPTIONS)):
-        _fail(f"distill.loss_kwargs.{key}",
-              f"not an option of crd; expected some of {', '.join(CRD_OPTIONS)}")
-    options = {**CRD_OPTIONS, **given}
-    for key in ("feat_dim", "nce_k"):
-        value = options[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            _fail(f"distill.loss_kwargs.{key}", f"must be an integer >= 1, got {value!r}")
-    for key, ok, what in (("nce_t", lambda v: v > 0, "positive"),
-                          ("momentum", lambda v: 0 <= v <= 1, "in [0, 1]")):
-        value = options[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-            _fail(f"distill.loss_kwargs.{key}", f"must be a number {what}, got {value!r}")
-    return options
-
-
-def loss_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
-    """The protocol's loss weights ``{"ce", "kd", "transfer"}``.
-
-    class_unaware trains on the transfer loss alone (weights of CE and KD are 0 whatever the config
-    says); class_aware uses gamma, alpha and beta. beta defaults to the loss's RepDistiller weight.
-    """
-    from pcjax import losses
-
-    d = config.distill
-    beta = d.beta if d.beta is not None else float(losses.get(d.loss).default_weight)
-    if d.protocol == "class_unaware":
-        return {"ce": 0.0, "kd": 0.0, "transfer": beta}
-    return {"ce": float(d.gamma), "kd": float(d.alpha), "transfer": beta}
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
+    """Sets dotted keys (``{"distill.loss": "rkd", "student.train.batch_size": "32"}``) from
+    command-line text; keys under ``distill.loss_kwargs`` may be any name (the loss checks them)."""
+    for path, text in overrides.items():
+        *parents, key = path.split(".")
+        node, prefix = config, ""
+        for name in parents:
+            node = _child(node, name, prefix + name)
+            prefix += name + "."
+        if prefix.rstrip(".") in _OPEN:
+            node[key] = parse_value(text, None)
+        else:
+            _set(node, key, parse_value(text, _child(node, key, path)), path)

@@ -8,7 +8,7 @@ import os
 import jax
 import ml_collections
 
-from pcjax.training.build import STUDENT, TEACHER
+from pcjax.training.spec import STUDENT, TEACHER
 
 
 def summary_table(config: ml_collections.ConfigDict, results: dict[str, float]) -> str:

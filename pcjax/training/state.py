@@ -45,26 +45,19 @@ class TrainState:
 
 
 class Student(nnx.Module):
-    """A student network plus, when the transfer loss needs them, its learned heads.
+    """A student network plus, when the transfer loss has them, its learned heads.
 
-    The projection head (FitNet's regressor, CC's embedding) maps the student's loss input
-    (features or logits, of size ``in_dim``) linearly to the teacher's size ``out_dim``; ``embed``
-    is a loss's own module (CRD's `crd_heads.CRDHeads`). Both are trained with the student and
-    saved in its checkpoint. Calling the student returns the network's ``ModelOutput``.
+    ``heads`` is the module the loss's ``bind(...).heads`` builds (FitNet's regressor, CC's
+    embedding, CRD's embedding heads), trained with the student and saved in its checkpoint, or
+    None. Calling the student returns the network's ``ModelOutput``.
     """
 
-    def __init__(self, net: nnx.Module, head_dims: tuple[int, int] | None, *, rngs: nnx.Rngs,
-                 embed: nnx.Module | None = None):
+    def __init__(self, net: nnx.Module, heads: nnx.Module | None):
         self.net = net
-        self.head = nnx.Linear(*head_dims, rngs=rngs) if head_dims else None
-        self.embed = embed
+        self.heads = heads
 
     def __call__(self, x, *, train: bool):
         return self.net(x, train=train)
-
-    def project(self, y):
-        """The loss-side view of student output `y`: (B, in_dim) -> (B, out_dim), or `y` itself."""
-        return y if self.head is None else self.head(y)
 
 
 def split(model: nnx.Module):

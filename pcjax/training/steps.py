@@ -1,14 +1,14 @@
 """The pure step functions: supervised (teacher) step, distillation (student) step, forward.
 
 Every train step has one signature, ``step(state, batch, teacher) -> (state, metrics)``: `state`
-a `TrainState`, `batch` {"image": (B, ...) float32, "label": (B,) int}, `teacher` the frozen
-teacher's variables (None in the teacher's own phase, where the step ignores it). Each is a pure
+a `TrainState`, `batch` {"image": (B, ...) float32, "label": (B,) int, "index": (B,) int},
+`teacher` the frozen teacher's variables (the teacher's own phase passes None and ignores it). Each is a pure
 function of arrays; `pcjax.training.build` jits it over the mesh with explicit shardings and
 donates the state, or vmaps it over a population of states. A step applies one update of the
-phase's optimizer (``tx``). The only step that draws random numbers is CRD's distillation step
-(its negatives), from a key in the state folded with ``state.step``, so a resumed run draws what
-an uninterrupted one does; it also reads the batch's "index" (each example's position in the
-train split).
+phase's optimizer (``tx``). The only random numbers a step draws are a stateful transfer loss's
+(CRD's negatives), from a key in its state folded with ``state.step``, so a resumed run draws what
+an uninterrupted one does; the batch's "index" (each example's position in the train split)
+addresses its memory.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pcjax.losses import crd
+from pcjax.losses.baselines import kd
+from pcjax.losses.transfer import Bound
 from pcjax.training.state import TrainState, merge, split
 
 
@@ -59,8 +60,8 @@ def _train(graphdef, tx, schedule, objective: Callable) -> Callable:
 def make_supervised_step(
     graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule
 ) -> Callable:
-    """``step(state, batch, teacher=None) -> (state, metrics)``: one optimizer step on the
-    cross-entropy of the labels.
+    """``step(state, batch, teacher) -> (state, metrics)``: one optimizer step on the cross-entropy
+    of the labels (`teacher`: None).
 
     The model runs in train mode (batch statistics, running averages updated). metrics: loss,
     accuracy (of this batch, before the update), grad_norm, learning_rate — float32 scalars.
@@ -80,66 +81,45 @@ def make_distill_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     *,
-    loss_spec,
-    loss_kwargs: dict,
+    transfer: Bound,
+    inputs: str,
     weights: dict[str, float],
-    kd_fn: Callable,
     kd_temperature: float,
-    classes: crd.ClassIndex | None = None,
 ) -> Callable:
     """``step(state, batch, teacher) -> (state, metrics)``: one optimizer step of distillation.
 
     The frozen teacher (`teacher`: its variables) runs in eval mode (running BatchNorm statistics)
-    under ``stop_gradient``; the student (a `Student`, projection head included) in train mode.
+    under ``stop_gradient``; the student (a `Student`, the loss's heads included) in train mode.
     Objective:
 
             gamma * CE(student logits, labels) + alpha * KD(student logits, teacher logits; T)
-            + beta * transfer(project(student x), teacher x)
+            + beta * transfer(student x, teacher x)
 
-    where x is the features or the logits as ``loss_spec.inputs`` says, and (gamma, alpha, beta) =
-    weights["ce"], weights["kd"], weights["transfer"] (0, 0, beta under class_unaware). The transfer
-    loss sees the global batch: under the global-view jit its rankings span every device's rows.
-    metrics: loss (the weighted total), ce, kd, transfer, accuracy, grad_norm, learning_rate.
-
-    A stateful loss (CRD) reads ``state.loss_state`` = {"crd": `crd.CRDState`, "key": PRNG key}
-    and the batch's "index": the student's `crd_heads.CRDHeads` (``student.embed``) embed both
-    sides' features; K negatives per sample come from ``fold_in(key, state.step)``, drawn from the
-    other classes of the per-class table `classes` (class-aware protocol, RepDistiller's "exact"
-    mode) or, with ``classes=None``, uniformly from the whole split (class-unaware: no labels);
-    then `crd.crd_loss` (nce_t), and `crd.update_banks` (momentum) writes the stop-gradient
-    embeddings of every row of the global batch into the banks. ``loss_kwargs`` are then
-    `config.crd_options`: feat_dim (the heads, already built), nce_k, nce_t, momentum.
+    where x is the model output `inputs` names ("features" or "logits"), (gamma, alpha, beta) =
+    weights["ce"], weights["kd"], weights["transfer"] (0, 0, beta under class_unaware), and
+    `transfer` the bound transfer loss (`pcjax.losses.transfer`): it reads the student's heads,
+    ``state.loss_state``, the batch ("label", "index") and the step count, and returns the next
+    ``loss_state``. It sees the global batch: under the global-view jit its rankings span every
+    device's rows. metrics: loss (the weighted total), ce, kd, transfer, accuracy, grad_norm,
+    learning_rate.
     """
     teacher_forward = make_forward(teacher_graphdef)
 
     def pick(out):
-        return out.features if loss_spec.inputs == "features" else out.logits
-
-    def transfer(student, s_x, t_x, batch, state):
-        if not loss_spec.stateful:
-            return loss_spec.fn(student.project(s_x), t_x, **loss_kwargs), state.loss_state
-        memory, index = state.loss_state["crd"], batch["index"]
-        emb_s, emb_t = student.embed(s_x, t_x)
-        contrast_idx = crd.sample_contrast_indices(
-            jax.random.fold_in(state.loss_state["key"], state.step), index,
-            nce_k=loss_kwargs["nce_k"], num_examples=memory.bank_s.shape[0],
-            label=None if classes is None else batch["label"], classes=classes)
-        loss, memory = crd.crd_loss(memory, emb_s, emb_t, contrast_idx,
-                                    nce_t=loss_kwargs["nce_t"])
-        memory = crd.update_banks(memory, emb_s, emb_t, index, momentum=loss_kwargs["momentum"])
-        return loss, {**state.loss_state, "crd": memory}
+        return out.features if inputs == "features" else out.logits
 
     def objective(student, batch, teacher, state):
         t_out = jax.lax.stop_gradient(teacher_forward(teacher, batch["image"]))
         s_out = student(batch["image"], train=True)
-        transfer_loss, loss_state = transfer(student, pick(s_out), pick(t_out), batch, state)
+        transfer_loss, loss_state = transfer.apply(
+            student.heads, state.loss_state, pick(s_out), pick(t_out), batch, state.step)
         terms = {
             "ce": cross_entropy(s_out.logits, batch["label"]),
-            "kd": kd_fn(s_out.logits, t_out.logits, temperature=kd_temperature),
+            "kd": kd(s_out.logits, t_out.logits, temperature=kd_temperature),
             "transfer": transfer_loss,
         }
         total = sum(weights[k] * terms[k] for k in terms if weights[k])
-        return total, terms, s_out.logits, loss_state
+        return total, terms, s_out.logits, jax.lax.stop_gradient(loss_state)
 
     return _train(graphdef, tx, schedule, objective)
 

@@ -1,10 +1,10 @@
 """The training job: teacher phase, student (distillation) phase, evaluation.
 
-`run` checks the config and the workdir, then runs `teacher_phase`, `student_phase` and
-`evaluate`. What a phase trains comes from `pcjax.training.build`, the loop that trains it (resume,
-NaN stop, preemption) from `pcjax.training.loop`, the summary and results.json from
-`pcjax.training.report`. `run` refuses a workdir whose config.json differs from the config in a
-key that changes training (`config_lib.check_resume`).
+`run` resolves the config once (`pcjax.training.spec.resolve`: every check, before any work) and
+checks the workdir (`pcjax.training.resume`), then runs `teacher_phase`, `student_phase` and
+`evaluate` on the resolved `RunSpec`. What a phase trains comes from `pcjax.training.build`, the
+loop that trains it (resume, divergence stop, preemption) from `pcjax.training.loop`, the summary
+and results.json from `pcjax.training.report`.
 """
 
 from __future__ import annotations
@@ -15,51 +15,33 @@ import jax
 import ml_collections
 from absl import logging
 
-from pcjax import data
-from pcjax.training import build, checkpoint, evaluation, report, sharding
-from pcjax.training import config as config_lib
+from pcjax.training import build, checkpoint, evaluation, report, resume
 from pcjax.training import logging as log_lib
 from pcjax.training import state as state_lib
-from pcjax.training.build import STUDENT, TEACHER, Model
-from pcjax.training.loop import Context, TrainingDivergedError, last_checkpoint, run_phase
-from pcjax.training.report import summary_table
-
-__all__ = ["Context", "Model", "TrainingDivergedError", "default_workdir", "evaluate",
-           "last_checkpoint", "pc_dissimilarities", "run", "student_phase", "summary_table",
-           "teacher_phase"]
-
-
-def pc_dissimilarities(cfg) -> dict[str, str]:
-    """The dissimilarities pc_score uses: those of the perception coherence loss if configured.
-
-    ``{"student_dissimilarity": ..., "teacher_dissimilarity": ...}``, keyword arguments of
-    `evaluation.coherence`; "euclidean" where the loss keywords do not set them.
-    """
-    kwargs = cfg.distill.loss_kwargs
-    names = ("student_dissimilarity", "teacher_dissimilarity")
-    return {k: kwargs.get(k, "euclidean") for k in names}
+from pcjax.training.build import Model
+from pcjax.training.loop import Context, run_phase
+from pcjax.training.spec import STUDENT, TEACHER, RunSpec, resolve, teacher_export
 
 
 def _eval_fn(ctx: Context, phase: build.Phase, teacher: Model | None):
     """``eval_fn(state)`` of a phase: eval-split top-1, and pc_score against `teacher` if given."""
-    cfg = ctx.config
+    spec = ctx.spec
     forward = ctx.jit_forward(phase.forward)
     teacher_test = None
 
     def eval_fn(state):
         nonlocal teacher_test
-        batches = ctx.eval_batches(cfg.eval_split)
+        batches = ctx.eval_batches(spec.eval_split)
         pred = evaluation.predict(forward, state_lib.export_variables(state), batches)
         if teacher is None:
             return {"top1": evaluation.top1(pred)}
         if teacher_test is None:
             teacher_test = evaluation.predict(ctx.jit_forward(teacher.forward), teacher.variables,
-                                              ctx.eval_batches(cfg.eval_split))
+                                              ctx.eval_batches(spec.eval_split))
         return {
             "top1": evaluation.top1(pred),
-            "pc_score": evaluation.coherence(
-                pred, teacher_test, chunk_size=cfg.eval.pc_chunk_size, **pc_dissimilarities(cfg)
-            ),
+            "pc_score": evaluation.coherence(pred, teacher_test, chunk_size=spec.pc_chunk_size,
+                                             **spec.pc_dissimilarities),
         }
 
     return eval_fn
@@ -72,26 +54,24 @@ def teacher_phase(ctx: Context) -> Model:
     ``<workdir>/teacher/model``; training state checkpoints go to ``<workdir>/teacher/checkpoints``.
     A teacher from ``config.teacher.checkpoint`` has its eval-split top-1 printed first.
     """
-    cfg = ctx.config
-    export = cfg.teacher.checkpoint or os.path.join(ctx.workdir, TEACHER, "model")
-    if cfg.teacher.checkpoint and not checkpoint.model_exists(export):
-        raise FileNotFoundError(f"config.teacher.checkpoint: no exported teacher at {export}")
-    teacher = build.abstract_teacher(cfg, ctx.mesh)
+    spec = ctx.spec
+    export = teacher_export(spec, ctx.workdir)
+    teacher = build.abstract_teacher(spec)
     variables = _load_export(ctx, export, teacher.variables)
     if variables is None:
-        phase = build.teacher_phase(cfg, ctx.mesh)
+        phase = build.teacher_phase(spec)
         state = run_phase(ctx, phase, _eval_fn(ctx, phase, None))
         checkpoint.save_model(export, state_lib.export_variables(state))
         variables = checkpoint.load_model(export, teacher.variables)
     teacher.variables = variables
-    if cfg.teacher.checkpoint:
+    if not spec.trains_teacher:
         # A teacher made elsewhere (e.g. converted from PyTorch) is scored before distillation,
         # so a wrong conversion or preprocessing shows now rather than after the student phase.
         pred = evaluation.predict(
-            ctx.jit_forward(teacher.forward), teacher.variables, ctx.eval_batches(cfg.eval_split)
+            ctx.jit_forward(teacher.forward), teacher.variables, ctx.eval_batches(spec.eval_split)
         )
         if jax.process_index() == 0:
-            print(f"teacher {cfg.teacher.model} from {export}: {cfg.eval_split} top-1 "
+            print(f"teacher {spec.teacher.model} from {export}: {spec.eval_split} top-1 "
                   f"{100 * evaluation.top1(pred):.2f}%", flush=True)
     return teacher
 
@@ -110,7 +90,7 @@ def _load_export(ctx: Context, export: str, target):
     except Exception as error:  # noqa: BLE001 - any failure to read it means the export is damaged.
         cause = checkpoint.describe(error)
         problem = f"the exported teacher at {export} does not restore ({cause})"
-        if ctx.config.teacher.checkpoint:
+        if not ctx.spec.trains_teacher:
             raise checkpoint.CheckpointError(
                 f"config.teacher.checkpoint: {problem}; export it again or point "
                 "config.teacher.checkpoint at another export"
@@ -129,11 +109,10 @@ def _load_export(ctx: Context, export: str, target):
 def student_phase(ctx: Context, teacher: Model) -> Model:
     """Distills the student from the frozen teacher with the configured loss and protocol.
 
-    The student (with the loss's linear projection head when ``LossSpec.projection == "linear"``,
-    CRD's embedding heads and memory with CRD) resumes from ``<workdir>/student/checkpoints``;
-    the teacher's variables are only read.
+    The student (with the transfer loss's heads and state) resumes from
+    ``<workdir>/student/checkpoints``; the teacher's variables are only read.
     """
-    phase = build.student_phase(ctx.config, ctx.mesh, teacher)
+    phase = build.student_phase(ctx.spec, teacher)
     state = run_phase(ctx, phase, _eval_fn(ctx, phase, teacher))
     return Model(phase.graphdef, state_lib.export_variables(state))
 
@@ -144,22 +123,20 @@ def evaluate(ctx: Context, teacher: Model, student: Model) -> dict[str, float]:
     Probes fit on ``eval.probe_train_split`` (default: the train split, without augmentation) and
     score on the eval split; pc_score compares student and teacher features over the eval split.
     """
-    cfg = ctx.config
-    probe_split = cfg.eval.probe_train_split or cfg.train_split
-    num_classes = data.spec(cfg.dataset, data_dir=ctx.data_dir).num_classes
+    spec = ctx.spec
     results, preds = {}, {}
     for name, model in ((TEACHER, teacher), (STUDENT, student)):
         forward = ctx.jit_forward(model.forward)
-        test = evaluation.predict(forward, model.variables, ctx.eval_batches(cfg.eval_split))
-        train = evaluation.predict(forward, model.variables, ctx.eval_batches(probe_split))
+        test = evaluation.predict(forward, model.variables, ctx.eval_batches(spec.eval_split))
+        train = evaluation.predict(forward, model.variables, ctx.eval_batches(spec.probe_split))
         preds[name] = test
         results[f"{name}/top1"] = evaluation.top1(test)
         for k, v in evaluation.feature_quality(
-            train, test, knn_k=cfg.eval.knn_k, num_classes=num_classes
+            train, test, knn_k=spec.knn_k, num_classes=spec.dataset.num_classes
         ).items():
             results[f"{name}/{k}"] = v
     results["student/pc_score"] = evaluation.coherence(
-        preds[STUDENT], preds[TEACHER], chunk_size=cfg.eval.pc_chunk_size, **pc_dissimilarities(cfg)
+        preds[STUDENT], preds[TEACHER], chunk_size=spec.pc_chunk_size, **spec.pc_dissimilarities
     )
     return results
 
@@ -169,6 +146,19 @@ def default_workdir(config: ml_collections.ConfigDict) -> str:
     return os.path.join("workdir", config.name)
 
 
+def _phases_ended(spec: RunSpec, workdir: str) -> dict[str, bool]:
+    """Whether each phase has finished in `workdir` (the teacher: its export exists; the student:
+    the run wrote its results)."""
+    return {TEACHER: checkpoint.model_exists(teacher_export(spec, workdir)),
+            STUDENT: os.path.exists(os.path.join(workdir, "results.json"))}
+
+
+def _holds_a_checkpoint(workdir: str) -> bool:
+    return any(checkpoint.model_exists(os.path.join(workdir, TEACHER, "model")) or (
+        os.path.isdir(d := os.path.join(workdir, phase, "checkpoints"))
+        and any(n.isdigit() for n in os.listdir(d))) for phase in (TEACHER, STUDENT))
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -176,26 +166,22 @@ def run(
     mesh: jax.sharding.Mesh | None = None,
     extend: bool = False,
 ) -> dict[str, float]:
-    """Validates the config, trains (or loads) the teacher, distills the student, evaluates.
+    """Resolves the config, trains (or loads) the teacher, distills the student, evaluates.
 
-    Writes into `workdir`: config.json, metrics.jsonl, tensorboard/, teacher/, student/ and
-    results.json. Returns the final metrics (also printed as a table). A workdir that holds a run
-    resumes it if its config.json allows (`config_lib.check_resume`; `extend` accepts new phase
-    lengths). Every check runs before any work: a refused config raises `config_lib.ConfigError`.
+    Writes into `workdir`: config.json (the resolved config), metrics.jsonl, tensorboard/,
+    teacher/, student/ and results.json. Returns the final metrics (also printed as a table). A
+    workdir that holds a checkpoint resumes it if its config.json allows (`resume.check_resume`;
+    `extend` accepts longer phase lengths); one that holds none starts afresh. Every check runs
+    before any work: a refused config raises `pcjax.training.config.ConfigError`.
     """
-    mesh = mesh or sharding.make_mesh(config.num_devices)
-    config_lib.validate(config, num_devices=mesh.size)
-    # An unprepared dataset raises DatasetNotFoundError (with the command that prepares it) here,
-    # before anything is written to the workdir.
-    for split in (config.train_split, config.eval_split):
-        data.source(config.dataset, split, data_dir=config.data_dir or None)
-    config_lib.check_batch_sizes(config, build.num_train_examples(config))
+    spec = resolve(config, mesh)
     saved = log_lib.saved_config(workdir)
-    if saved is not None:
-        config_lib.check_resume(saved, config, workdir=workdir, extend=extend)
+    if saved is not None and _holds_a_checkpoint(workdir):
+        resume.check_resume(saved, spec, workdir=workdir, extend=extend,
+                            ended=_phases_ended(spec, workdir))
     writer = log_lib.MetricWriter(workdir)
-    log_lib.save_config(config, workdir)
-    ctx = Context(config, workdir, mesh, writer)
+    log_lib.save_config(spec.config, workdir)
+    ctx = Context(spec, workdir, writer)
     try:
         teacher = teacher_phase(ctx)
         student = student_phase(ctx, teacher)
