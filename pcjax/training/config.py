@@ -224,7 +224,7 @@ def check_batch_sizes(config: ml_collections.ConfigDict, num_train_examples: int
 
 
 def _check_split(key: str, batch_size: int, num_devices: int):
-    from pcjax.data.pipeline import check_batch_split  # imports grain: only when validating
+    from pcjax.training.sharding import check_batch_split  # imports jax: only when validating
 
     try:
         check_batch_split(batch_size, num_devices, "devices of the data mesh", f"config.{key}")

@@ -55,7 +55,8 @@ class Context:
     def eval_batches(self, split: str):
         return data.eval_batches(
             self.config.dataset, split, data_dir=self.data_dir,
-            global_batch_size=self.config.eval.batch_size, mesh=self.mesh,
+            global_batch_size=self.config.eval.batch_size,
+            sharding=sharding.batch_sharded(self.mesh),
         )
 
     def jit_forward(self, forward: Callable) -> Callable:
@@ -103,7 +104,8 @@ def run_phase(
     ctx.writer.rewind(phase.name, start)
     batches = data.train_batches(
         ctx.config.dataset, data_dir=ctx.data_dir, split=ctx.config.train_split,
-        global_batch_size=cfg.batch_size, seed=phase.seed, start_step=start, mesh=ctx.mesh,
+        global_batch_size=cfg.batch_size, seed=phase.seed, start_step=start,
+        sharding=sharding.batch_sharded(ctx.mesh),
         augment=cfg.augment,
     )
     progress = log_lib.Progress(phase.name, total, start)

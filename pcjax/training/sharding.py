@@ -16,7 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from pcjax.data.pipeline import DATA_AXIS, check_batch_split
+DATA_AXIS = "data"
 
 
 def _env_int(name: str) -> int | None:
@@ -113,6 +113,14 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, key: str) -> None:
     """Raises ValueError naming `key` when the global batch does not split evenly over the mesh."""
     parts = mesh.shape[DATA_AXIS]
     check_batch_split(global_batch_size, parts, "devices of the data mesh", f"config.{key}")
+
+
+def check_batch_split(global_batch_size: int, parts: int, what: str, name: str) -> None:
+    """Raises ValueError naming `name` unless the global batch splits evenly into `parts` `what`."""
+    if global_batch_size % parts:
+        raise ValueError(
+            f"{name}: global batch size {global_batch_size} is not divisible by the {parts} {what}"
+        )
 
 
 def to_host(tree):

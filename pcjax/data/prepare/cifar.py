@@ -20,12 +20,6 @@ from pcjax.data.prepare.download import download
 from pcjax.data.prepare.errors import PrepareError
 from pcjax.data.prepare.images import png
 
-_FORMAT = tfds.core.FileFormat.ARRAY_RECORD
-_DOWNLOAD_CONFIG = tfds.download.DownloadConfig(
-    try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP
-)
-
-
 class _FromArchive(builders.OfflineBuilder, skip_registration=True):
     """TFDS's own CIFAR builder (its `_info`: features, version, description) fed from the
     python-version archive instead of the binary one, which it would download with TensorFlow."""
@@ -84,10 +78,8 @@ def prepare_cifar(name: str, *, archive: str | None = None, data_dir: str | None
     if archive is not None and not os.path.isfile(archive):
         raise PrepareError(f"{archive}: no such file (--archive)")
     # TFDS's registered builder is the one that reads the dataset: ask it whether it is there.
-    prepared = tfds.builder(name, data_dir=data_dir, try_gcs=False, file_format=_FORMAT)
-    if not prepared.is_prepared():
-        builder = _CIFAR_BUILDERS[name](
-            archive=archive or download(name, data_dir), data_dir=data_dir, file_format=_FORMAT
-        )
-        builder.download_and_prepare(download_config=_DOWNLOAD_CONFIG)
+    formats = {"data_dir": data_dir, "file_format": builders.FORMAT}
+    prepared = tfds.builder(name, try_gcs=False, **formats)
+    if not builders.is_prepared(prepared):
+        _CIFAR_BUILDERS[name](archive=archive or download(name, data_dir), **formats).build()
     return os.fspath(prepared.data_dir)

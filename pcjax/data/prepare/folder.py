@@ -27,12 +27,6 @@ from pcjax.data import augment, builders, sources, specs
 from pcjax.data.prepare.errors import PrepareError
 from pcjax.data.prepare.images import IMAGE_EXTENSIONS, images_in, load_image
 
-_FORMAT = tfds.core.FileFormat.ARRAY_RECORD
-_DOWNLOAD_CONFIG = tfds.download.DownloadConfig(
-    try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP
-)
-
-
 @dataclasses.dataclass(frozen=True)
 class FolderSplit:
     """Images of one split: paths (absolute), their labels, their ids (paths under the root)."""
@@ -257,12 +251,12 @@ def prepare_folder(
         splits=splits,
         image_size=image_size,
         data_dir=data_dir,
-        file_format=_FORMAT,
+        file_format=builders.FORMAT,
     )
-    if builder.is_prepared():
+    if builders.is_prepared(builder):
         raise PrepareError(
             f"{builder.data_dir}: dataset {name!r} is already prepared; remove that directory to "
             "prepare it again"
         )
-    builder.download_and_prepare(download_config=_DOWNLOAD_CONFIG)
+    builder.build()
     return os.fspath(builder.data_dir)
