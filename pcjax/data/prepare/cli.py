@@ -52,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             where = prepare_cifar(args.command, archive=args.archive, data_dir=args.data_dir)
     except PrepareError as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # An unreadable input, an unwritable data dir, a full disk.
+        sys.exit(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}")
+    except KeyboardInterrupt:
+        # TFDS writes into a temporary directory that it removes when interrupted.
+        print("error: interrupted; no dataset was written", file=sys.stderr)
+        sys.exit(130)
     name = args.name if args.command == "folder" else args.command
     data_dir = sources.resolve_data_dir(args.data_dir)
     print(f"{name} is ready in {where}; train with --config.dataset={name} "

@@ -225,13 +225,16 @@ def prepare_folder(
 
     Raises:
       PrepareError: see `scan_class_folders`, `read_label_file`, `load_image`; or the name is
-        taken, or a dataset of that name is already prepared in the data dir.
+        taken, the test split would be empty, or a dataset of that name is already prepared in
+        the data dir.
     """
     _check_name(name)
     if image_size is not None and image_size < 1:
         raise PrepareError(f"--image_size must be a positive number of pixels, got {image_size}")
     if test_labels is not None and test_dir is None:
         raise PrepareError("--test_labels needs --test_dir (the folder of the images it lists)")
+    if test_labels is not None and not os.path.isfile(test_labels):
+        raise PrepareError(f"{test_labels}: no such file (--test_labels)")
     directory = os.path.abspath(directory)
     class_names, train = scan_class_folders(directory)
     if test_dir is None:
@@ -241,6 +244,14 @@ def prepare_folder(
         splits = {"train": train, "test": read_label_file(test_dir, test_labels, class_names)}
     else:
         splits = {"train": train, "test": scan_class_folders(test_dir, class_names)[1]}
+    if not splits["test"].paths:  # TFDS cannot write an empty split.
+        raise PrepareError(
+            f"{directory}: every class has fewer than {builders.HOLDOUT_EVERY} images, so none is "
+            "held out for the test split; add images or pass --test_dir"
+            if test_dir is None
+            else f"{test_dir}: no test images (class subfolders named as those of --dir, or the "
+            "images --test_labels lists)"
+        )
     data_dir = sources.resolve_data_dir(data_dir)
     builder_cls = types.new_class(
         "Folder", (_Folder,), {"skip_registration": True}, lambda ns: ns.update(name=name)
