@@ -83,6 +83,17 @@ def train_batches(
     Raises:
       ValueError: a bad seed, start_step or global_batch_size, a sharding that is not a
         `jax.sharding.Sharding` or does not split B evenly, or an empty split.
+
+    Examples:
+      >>> import tempfile
+      >>> from pcjax import data
+      >>> batches = data.train_batches(  # doctest: +ELLIPSIS
+      ...     "digits", data_dir=tempfile.mkdtemp(), global_batch_size=32, seed=0)
+      Building digits in ... (no download)
+      >>> batch = next(batches)
+      >>> batch["image"].shape, batch["label"].dtype, batch["index"].shape
+      ((32, 8, 8, 1), dtype('int32'), (32,))
+      >>> batches.close()
     """
     _check_int("seed", seed, lower=0, upper=_MAX_SEED)
     _check_int("start_step", start_step, lower=0)
@@ -128,6 +139,15 @@ def eval_batches(
     Yields:
       ceil(N / B) batches {"image": float32 (B, *image_shape), "label": int32 (B,),
       "mask": bool (B,)}; `mask` is False exactly on the padding rows of the last batch.
+
+    Examples:
+      >>> import tempfile
+      >>> from pcjax import data
+      >>> batches = list(data.eval_batches(  # doctest: +ELLIPSIS
+      ...     "digits", "test", data_dir=tempfile.mkdtemp(), global_batch_size=100))
+      Building digits in ... (no download)
+      >>> len(batches), int(sum(b["mask"].sum() for b in batches))
+      (4, 355)
     """
     dataset_spec = spec(name, data_dir=data_dir)
     examples = source(name, split, data_dir=data_dir)

@@ -32,7 +32,16 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def default_data_dir() -> str:
-    """TFDS_DATA_DIR if set, else ~/tensorflow_datasets."""
+    """TFDS_DATA_DIR if set, else ~/tensorflow_datasets.
+
+    Examples:
+      >>> import os
+      >>> from pcjax import data
+      >>> os.environ["TFDS_DATA_DIR"] = "/data/tfds"
+      >>> data.default_data_dir()
+      '/data/tfds'
+      >>> del os.environ["TFDS_DATA_DIR"]
+    """
     return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
@@ -53,6 +62,12 @@ def spec(name: str, *, data_dir: str | os.PathLike | None = None) -> DatasetSpec
     Raises:
       ValueError: `name` is neither a supported dataset nor a folder dataset prepared in
         `data_dir`.
+
+    Examples:
+      >>> from pcjax import data
+      >>> spec = data.spec("cifar100")
+      >>> spec.num_classes, spec.image_shape, spec.splits["train"], spec.augmentation
+      (100, (32, 32, 3), 50000, 'cifar')
     """
     if name in SPECS:
         return SPECS[name]
@@ -83,6 +98,14 @@ def source(
     Raises:
       DatasetNotFoundError: `name` is not a locally built dataset and is not prepared in
         `data_dir` as array_record.
+
+    Examples:
+      >>> import tempfile
+      >>> from pcjax import data
+      >>> test = data.source("digits", "test", data_dir=tempfile.mkdtemp())  # doctest: +ELLIPSIS
+      Building digits in .../digits/1.0.0 from local files (no download)
+      >>> len(test), test[0]["image"].shape, int(test[0]["label"])
+      (355, (8, 8, 1), 5)
     """
     dataset_spec = spec(name, data_dir=data_dir)
     data_dir = resolve_data_dir(data_dir)

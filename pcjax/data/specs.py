@@ -135,5 +135,11 @@ SPECS: Mapping[str, DatasetSpec] = {
 
 
 def names() -> tuple[str, ...]:
-    """Names of the built-in datasets (image folder datasets come from a data dir)."""
+    """Names of the built-in datasets (image folder datasets come from a data dir).
+
+    Examples:
+      >>> from pcjax import data
+      >>> data.names()
+      ('digits', 'mnist1d', 'cifar10', 'cifar100', 'imagenet2012')
+    """
     return tuple(SPECS)

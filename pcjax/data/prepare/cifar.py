@@ -20,6 +20,7 @@ from pcjax.data.prepare.download import download
 from pcjax.data.prepare.errors import PrepareError
 from pcjax.data.prepare.images import png
 
+
 class _FromArchive(builders.OfflineBuilder, skip_registration=True):
     """TFDS's own CIFAR builder (its `_info`: features, version, description) fed from the
     python-version archive instead of the binary one, which it would download with TensorFlow."""

@@ -27,6 +27,7 @@ from pcjax.data import augment, builders, sources, specs
 from pcjax.data.prepare.errors import PrepareError
 from pcjax.data.prepare.images import IMAGE_EXTENSIONS, images_in, load_image
 
+
 @dataclasses.dataclass(frozen=True)
 class FolderSplit:
     """Images of one split: paths (absolute), their labels, their ids (paths under the root)."""
@@ -121,7 +122,7 @@ def read_label_file(root: str, labels_file: str, class_names: Sequence[str]) -> 
 
 
 class _Folder(builders.OfflineBuilder, skip_registration=True):
-    """An image folder as a TFDS dataset; `folder_builder` names it."""
+    """An image folder as a TFDS dataset; `prepare_folder` names it."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Prepared by pcjax.data.prepare folder."}
