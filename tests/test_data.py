@@ -342,12 +342,17 @@ def test_sharded_eval_batches_carry_the_mask(data_dir):
     assert int(sum(np.asarray(b["mask"]).sum() for b in batches)) == DIGITS_TEST
 
 
-def test_sharding_rejects_a_batch_size_its_shards_do_not_divide(data_dir):
+def test_sharding_rejects_a_batch_size_its_shards_do_not_divide(data_dir, tmp_path):
     mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("rows", "model"))
     sharding = NamedSharding(mesh, PartitionSpec("rows"))
-    with pytest.raises(ValueError, match="global_batch_size: 10 is not divisible by the 4 shards"):
-        data.train_batches("digits", data_dir=data_dir, global_batch_size=10, seed=0,
+    # Checked before the dataset is opened: cifar10 is not prepared in tmp_path.
+    message = "global_batch_size: 10 is not divisible by the 4 shards of `sharding`"
+    with pytest.raises(ValueError, match=message):
+        data.train_batches("cifar10", data_dir=tmp_path, global_batch_size=10, seed=0,
                            sharding=sharding)
+    with pytest.raises(ValueError, match=message):
+        data.eval_batches("cifar10", "test", data_dir=tmp_path, global_batch_size=10,
+                          sharding=sharding)
     data.train_batches("digits", data_dir=data_dir, global_batch_size=12, seed=0,
                        sharding=sharding).close()  # 12 = 4 x 3 rows: accepted
 

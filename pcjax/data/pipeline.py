@@ -97,11 +97,11 @@ def train_batches(
     """
     _check_int("seed", seed, lower=0, upper=_MAX_SEED)
     _check_int("start_step", start_step, lower=0)
+    rows = _process_rows(global_batch_size, sharding)
     dataset_spec = spec(name, data_dir=data_dir)
     examples = source(name, split, data_dir=data_dir)
     if len(examples) == 0:
         raise ValueError(f"Split {split!r} of {name!r} is empty.")
-    rows = _process_rows(global_batch_size, sharding)
     shuffle_seed = int(np.random.SeedSequence([seed, _SHUFFLE_STREAM]).generate_state(1)[0])
     # grain reseeds the shuffle of epoch e with shuffle_seed + e. The stream holds split positions
     # (the same permutation as shuffling the examples themselves), read by _load_train_example.
@@ -149,9 +149,9 @@ def eval_batches(
       >>> len(batches), int(sum(b["mask"].sum() for b in batches))
       (4, 355)
     """
+    rows = _process_rows(global_batch_size, sharding)
     dataset_spec = spec(name, data_dir=data_dir)
     examples = source(name, split, data_dir=data_dir)
-    rows = _process_rows(global_batch_size, sharding)
     num_steps = math.ceil(len(examples) / global_batch_size)
     load = functools.partial(
         _load_eval_example,
