@@ -7,16 +7,18 @@
 
 --config takes a config file (``path[:arg]``, big_vision style: its ``get_config([arg])`` returns
 the keys that differ from the schema's defaults, see pcjax.training.config) and
-``--config.<key>=<value>`` overrides any key of the schema; ``--config.distill.loss_kwargs.<name>=
-<value>`` sets an option of the loss, whichever loss the command line picks. --workdir defaults to ./workdir/<config.name>. Rerunning
-the same command resumes from the workdir's latest checkpoints. Multi-host: set
+``--config.<key>=<value>`` overrides any key of the schema;
+``--config.distill.loss_kwargs.<name>=<value>`` sets an option of the loss, whichever loss the
+command line picks. --workdir defaults to ./workdir/<config.name>. Rerunning the same command
+resumes from the workdir's latest checkpoints. Multi-host: set
 --config.distributed=True (or the JAX_COORDINATOR_ADDRESS environment variable) to call
 jax.distributed.initialize() first.
 
 A rerun into a workdir must use the same config, up to the keys that cannot change the results
 (logging, evaluation and checkpoint cadence; see pcjax.training.resume); --extend also accepts
-longer phase lengths for phases that have not ended. Errors print one line, ``train.py: error: ...``, and exit with 2 for usage errors
-(bad flags, config file or values, a refused resume) or 1 for failures while running; set
+longer phase lengths for phases that have not ended. Errors print one line,
+``train.py: error: ...``, and exit with 2 for usage errors (bad flags, config file or values, a
+refused resume) or 1 for failures while running; set
 PCJAX_TRACEBACK=1 to get the full traceback instead.
 SIGTERM or Ctrl-C saves a checkpoint, prints where, and exits with status 128 + the signal number.
 """
@@ -126,7 +128,7 @@ def main(argv):
             results = trainer.run(config, workdir, extend=_EXTEND.value)
         except config_lib.ConfigError as error:
             _exit(USAGE, str(error))
-        except preemption.Preempted as error:  # SIGTERM / Ctrl-C: a checkpoint was saved; say where.
+        except preemption.Preempted as error:  # SIGTERM / Ctrl-C: a checkpoint was saved.
             print(error, file=sys.stderr)
             sys.exit(error.exit_code)
     except KeyboardInterrupt:

@@ -128,7 +128,8 @@ def train(phase: build.Phase, config, seeds, repeat: int, mesh):
     """Trains a population (member j: ``seeds[j // repeat]``'s batch order); the final state."""
     step, state = jax.jit(phase.step, donate_argnums=0), phase.state
     pipelines = [data.train_batches(config.dataset, split=TRAIN, global_batch_size=config[
-        phase.name].train.batch_size, seed=seed, mesh=mesh, augment=False) for seed in seeds]
+        phase.name].train.batch_size, seed=seed, sharding=sharding.batch_sharded(mesh),
+        augment=False) for seed in seeds]
     try:
         for _ in range(phase.steps.total):
             batches = [next(p) for p in pipelines for _ in range(repeat)]
@@ -150,7 +151,8 @@ def score(phase: build.Phase, state, config, mesh, teacher_test=None, pc_kwargs=
     for i in range(jax.tree.leaves(state)[0].shape[0]):
         variables = state_lib.export_variables(jax.tree.map(lambda x, i=i: x[i], state))
         pred = {k: evaluation.predict(forward, variables, data.eval_batches(
-            config.dataset, split, global_batch_size=config.eval.batch_size, mesh=mesh))
+            config.dataset, split, global_batch_size=config.eval.batch_size,
+            sharding=sharding.batch_sharded(mesh)))
             for k, split in SPLITS.items()}
         quality = {k: evaluation.feature_quality(
             pred["train"], pred[k], knn_k=config.eval.knn_k,

@@ -5,7 +5,7 @@ import itertools
 import jax
 import numpy as np
 import pytest
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pcjax import data
 from pcjax.data.augment import preprocess
@@ -46,7 +46,8 @@ def test_sharded_and_per_process_batches_carry_the_global_index(data_dir, monkey
     kwargs = dict(data_dir=data_dir, global_batch_size=16, seed=4)
     plain = next(data.train_batches("digits", **kwargs))
     mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
-    sharded = next(data.train_batches("digits", mesh=mesh, **kwargs))
+    sharded = next(data.train_batches(
+        "digits", sharding=NamedSharding(mesh, PartitionSpec("data")), **kwargs))
     np.testing.assert_array_equal(np.asarray(sharded["index"]), plain["index"])
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(jax, "process_index", lambda: 1)

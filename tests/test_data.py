@@ -201,6 +201,23 @@ def test_default_data_dir_follows_tfds_data_dir(monkeypatch, tmp_path):
     assert data.default_data_dir().endswith("tensorflow_datasets")
 
 
+def test_empty_or_none_data_dir_means_the_default(monkeypatch, data_dir, digits_sources):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
+    for default in ("", None):
+        assert len(data.source("digits", "test", data_dir=default)) == DIGITS_TEST
+        with pytest.raises(ValueError, match=f"prepared in {data_dir} with"):
+            data.spec("photos", data_dir=default)
+
+
+def test_building_says_so_in_one_line_and_nothing_about_downloads(tmp_path, capsys, caplog):
+    data.source("digits", "test", data_dir=tmp_path)
+    where = tmp_path / "digits" / "1.0.0"
+    assert capsys.readouterr().out == f"Building digits in {where} from local files (no download)\n"
+    assert "Variant folder" not in caplog.text  # TFDS's warning that nothing is built yet
+    data.source("digits", "test", data_dir=tmp_path)
+    assert capsys.readouterr().out == ""  # built once
+
+
 def test_spec_rejects_unknown_names():
     with pytest.raises(ValueError, match="Unknown dataset 'cifar1000'"):
         data.spec("cifar1000")
@@ -285,42 +302,69 @@ def test_eval_batches_count_every_example_exactly_once(data_dir, digits_sources)
 # Sharding on a mesh of the 8 fake CPU devices.
 
 
-@pytest.mark.parametrize("mesh_shape", [(8,), (4, 2)])
-def test_mesh_batches_are_global_arrays_sharded_on_data(data_dir, mesh_shape):
-    axes = ("data", "model")[: len(mesh_shape)]
+@pytest.mark.parametrize(
+    "mesh_shape, axes, batch_axes",
+    [((8,), ("data",), "data"), ((4, 2), ("data", "model"), "data"),
+     ((4, 2), ("batch", "model"), ("batch", "model"))],
+)
+def test_sharded_batches_are_global_arrays_with_that_sharding(
+    data_dir, mesh_shape, axes, batch_axes
+):
+    """The pipeline knows no axis name: it reads the rows the sharding gives its devices."""
     mesh = Mesh(np.array(jax.devices()).reshape(mesh_shape), axes)
+    sharding = NamedSharding(mesh, PartitionSpec(batch_axes))
     kwargs = dict(data_dir=data_dir, global_batch_size=16, seed=4)
-    sharded = next(data.train_batches("digits", mesh=mesh, **kwargs))
+    sharded = next(data.train_batches("digits", sharding=sharding, **kwargs))
     plain = next(data.train_batches("digits", **kwargs))
     for key in ("image", "label"):
         assert isinstance(sharded[key], jax.Array)
         assert sharded[key].shape == plain[key].shape
-        assert sharded[key].sharding.is_equivalent_to(
-            NamedSharding(mesh, PartitionSpec("data")), sharded[key].ndim
-        )
+        assert sharded[key].sharding.is_equivalent_to(sharding, sharded[key].ndim)
         np.testing.assert_array_equal(np.asarray(sharded[key]), plain[key])
+    shards = 8 if batch_axes == ("batch", "model") else mesh_shape[0]
     shard_rows = {shard.data.shape[0] for shard in sharded["image"].addressable_shards}
-    assert shard_rows == {16 // mesh_shape[0]}
+    assert shard_rows == {16 // shards}
 
 
-def test_mesh_eval_batches_carry_the_mask(data_dir):
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    batches = list(
-        data.eval_batches("digits", "test", data_dir=data_dir, global_batch_size=64, mesh=mesh)
-    )
+def test_replicated_batches_hold_the_whole_batch_on_every_device(data_dir):
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec())
+    kwargs = dict(data_dir=data_dir, global_batch_size=6, seed=4)
+    replicated = next(data.train_batches("digits", sharding=sharding, **kwargs))
+    plain = next(data.train_batches("digits", **kwargs))
+    for shard in replicated["label"].addressable_shards:
+        np.testing.assert_array_equal(np.asarray(shard.data), plain["label"])
+
+
+def test_sharded_eval_batches_carry_the_mask(data_dir):
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
+    batches = list(data.eval_batches(
+        "digits", "test", data_dir=data_dir, global_batch_size=64, sharding=sharding))
     assert int(sum(np.asarray(b["mask"]).sum() for b in batches)) == DIGITS_TEST
 
 
-def test_mesh_rejects_a_batch_size_the_data_axis_does_not_divide(data_dir):
+def test_sharding_rejects_a_batch_size_its_shards_do_not_divide(data_dir, tmp_path):
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("rows", "model"))
+    sharding = NamedSharding(mesh, PartitionSpec("rows"))
+    # Checked before the dataset is opened: cifar10 is not prepared in tmp_path.
+    message = "global_batch_size: 10 is not divisible by the 4 shards of `sharding`"
+    with pytest.raises(ValueError, match=message):
+        data.train_batches("cifar10", data_dir=tmp_path, global_batch_size=10, seed=0,
+                           sharding=sharding)
+    with pytest.raises(ValueError, match=message):
+        data.eval_batches("cifar10", "test", data_dir=tmp_path, global_batch_size=10,
+                          sharding=sharding)
+    data.train_batches("digits", data_dir=data_dir, global_batch_size=12, seed=0,
+                       sharding=sharding).close()  # 12 = 4 x 3 rows: accepted
+
+
+def test_sharding_that_is_not_a_batch_sharding_is_rejected(data_dir):
     mesh = Mesh(np.array(jax.devices()), ("data",))
-    with pytest.raises(ValueError, match="global batch size 12 is not divisible"):
-        data.train_batches("digits", data_dir=data_dir, global_batch_size=12, seed=0, mesh=mesh)
-
-
-def test_mesh_without_a_data_axis_is_rejected(data_dir):
-    mesh = Mesh(np.array(jax.devices()), ("batch",))
-    with pytest.raises(ValueError, match="mesh must have a 'data' axis"):
-        data.eval_batches("digits", "test", data_dir=data_dir, global_batch_size=8, mesh=mesh)
+    with pytest.raises(ValueError, match="sharding: expected a jax.sharding.Sharding .* got Mesh"):
+        data.eval_batches("digits", "test", data_dir=data_dir, global_batch_size=8, sharding=mesh)
+    second_axis = NamedSharding(mesh, PartitionSpec(None, "data"))
+    with pytest.raises(ValueError, match="does not apply to the 1-D labels"):
+        data.eval_batches("digits", "test", data_dir=data_dir, global_batch_size=8,
+                          sharding=second_axis)
 
 
 def test_negative_seed_is_rejected(data_dir):

@@ -9,7 +9,6 @@ from scipy.spatial import distance
 from scipy.stats import rankdata, spearmanr
 
 from float32 import assert_close
-from pcjax import losses
 from pcjax.losses import pc_score, perception_coherence_loss
 
 # The batch size, widths and mask of tests/test_sharding_losses.py: shared shapes share compiles.

@@ -447,10 +447,11 @@ def test_folder_errors_name_the_file(tmp_path, prepared):
         _image(root / "a" / "x.png")
         (root / "b" / "readme.txt").write_text("no images")
 
-    def corrupt(root):
+    def corrupt(root):  # 5 images per class: one of them is held out as test
         for c in "ab":
             os.makedirs(root / c)
-            _image(root / c / "x.png")
+            for i in range(4):
+                _image(root / c / f"x{i}.png")
         (root / "b" / "y.png").write_bytes(b"not a png")
 
     assert "expected at least 2" in _folder_error(tmp_path / "1", one_class)
@@ -461,8 +462,51 @@ def test_folder_errors_name_the_file(tmp_path, prepared):
     assert "--name 'Bad-Name'" in _folder_error(tmp_path / "4", corrupt, name="Bad-Name")
     assert "TFDS or pcjax already defines" in _folder_error(tmp_path / "5", corrupt, name="mnist")
     assert "TFDS or pcjax already defines" in _folder_error(tmp_path / "6", corrupt, name="digits")
+    message = _folder_error(tmp_path / "7", corrupt, test_dir=str(tmp_path), test_labels="no.txt")
+    assert message == "no.txt: no such file (--test_labels)"
+    os.makedirs(tmp_path / "empty")
+    message = _folder_error(tmp_path / "8", corrupt, test_dir=str(tmp_path / "empty"))
+    assert message.startswith(f"{tmp_path / 'empty'}: no test images")
     with pytest.raises(prepare.PrepareError, match="already prepared"):
         prepare.prepare_folder(str(prepared["folder"]), "shapes", data_dir=prepared["data_dir"])
+
+
+def test_folder_with_fewer_than_five_images_per_class_is_one_line_with_status_1(tmp_path):
+    """No image would be held out for the test split (TFDS would fail on the empty split)."""
+    for c, count in (("a", 4), ("b", 3), ("c", 1)):
+        os.makedirs(tmp_path / "dir" / c)
+        for i in range(count):
+            _image(tmp_path / "dir" / c / f"{i}.png")
+    result = subprocess.run(
+        [sys.executable, "-m", "pcjax.data.prepare", "folder", "--dir", str(tmp_path / "dir"),
+         "--name", "few", "--data_dir", str(tmp_path / "tfds")],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: {tmp_path / 'dir'}: every class has fewer than 5 images, so none is held out "
+        "for the test split; add images or pass --test_dir\n"
+    )
+    assert not (tmp_path / "tfds" / "few").exists()
+
+
+def test_command_line_turns_os_errors_and_interrupts_into_one_line(tmp_path, prepared, monkeypatch,
+                                                                   capsys):
+    (tmp_path / "file").write_text("a file where the data dir should be")
+    argv = ["folder", "--dir", str(prepared["folder"]), "--name", "blocked",
+            "--data_dir", str(tmp_path / "file" / "tfds")]
+    with pytest.raises(SystemExit) as error:
+        prepare.main(argv)
+    assert error.value.code == f"error: {tmp_path / 'file' / 'tfds'}: Not a directory"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare.cli, "prepare_folder", interrupted)
+    with pytest.raises(SystemExit) as error:
+        prepare.main(argv)
+    assert error.value.code == 130
+    assert capsys.readouterr().err == "error: interrupted; no dataset was written\n"
 
 
 def test_label_file_errors_name_the_line(tmp_path, prepared):

@@ -1,7 +1,7 @@
 """Datasets and input pipelines: TFDS array_record sources read by grain, offline by default."""
 
-from pcjax.data.specs import DatasetSpec, names, spec
-from pcjax.data.sources import DatasetNotFoundError, default_data_dir, source
+from pcjax.data.specs import DatasetSpec, names
+from pcjax.data.sources import DatasetNotFoundError, default_data_dir, source, spec
 from pcjax.data.pipeline import eval_batches, train_batches
 
 __all__ = [

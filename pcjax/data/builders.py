@@ -21,12 +21,14 @@ digits; the generator's train or test array for mnist1d), to trace an example ba
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 HOLDOUT_EVERY = 5
+FORMAT = tfds.core.FileFormat.ARRAY_RECORD
 
 
 def stratified_holdout(labels: np.ndarray, every: int = HOLDOUT_EVERY) -> np.ndarray:
@@ -56,6 +58,28 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # installed in editable mode needs the optional `importlib_resources`. TFDS downloads nothing
     # here, so there are no checksums to look up.
     url_infos = None
+
+    def _log_download_bytes(self) -> None:
+        # TFDS would announce a download of "Unknown size" here.
+        print(f"Building {self.name} in {self.data_dir} from local files (no download)", flush=True)
+
+    def _log_download_done(self) -> None:
+        """Silent: TFDS would say "downloaded"; the caller says where the dataset is."""
+
+    def build(self) -> None:
+        """Writes the dataset into its data dir: offline, no statistics computed."""
+        self.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP
+            )
+        )
+
+
+def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    """`builder.is_prepared()`, without TFDS's warning that a dataset not yet built has no
+    dataset_info.json (its normal state)."""
+    info = os.path.join(os.fspath(builder.data_dir), "dataset_info.json")
+    return os.path.exists(info) and builder.is_prepared()
 
 
 class _Generated(OfflineBuilder, skip_registration=True):
@@ -96,6 +120,8 @@ class Digits(_Generated):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download: the data ship with scikit-learn.
+        # Imported when building (once per data dir): sklearn.datasets adds about 1 s to every
+        # import of pcjax.data.
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -140,6 +166,7 @@ def generate_mnist1d() -> dict[str, np.ndarray]:
     Returns:
       dict with "x" (4000, 40), "y" (4000,), "x_test" (1000, 40), "y_test" (1000,).
     """
+    # Imported when building (once per data dir): it adds about 0.6 s to every import.
     from mnist1d.data import get_dataset_args, make_dataset
 
     python_state, numpy_state = random.getstate(), np.random.get_state()

@@ -15,9 +15,10 @@ Evaluation stream. One pass over the split in stored order; global batch k holds
 [k B, (k + 1) B); the last batch is padded with zero images (label 0) and `mask` is False on the
 padding, so summing a per-example metric times `mask` counts every example exactly once.
 
-Multi-host. Row r of a global batch is read only by the process whose devices hold row r under
-`NamedSharding(mesh, P("data"))`; `jax.make_array_from_process_local_data` assembles the global
-`jax.Array`. Without a mesh, process p of P yields rows [p B / P, (p + 1) B / P) as NumPy arrays.
+Multi-host. Given the batch's sharding (e.g. `NamedSharding(mesh, P("data"))`), row r of a global
+batch is read only by the process whose devices hold row r under it, and
+`jax.make_array_from_process_local_data` assembles the global `jax.Array`. Without a sharding,
+process p of P yields rows [p B / P, (p + 1) B / P) as NumPy arrays.
 """
 
 from __future__ import annotations
@@ -30,26 +31,21 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grain
-from absl import flags
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Sharding
 
 from pcjax.data.augment import example_rng, preprocess
-from pcjax.data.sources import source
-from pcjax.data.specs import DatasetSpec, spec
+from pcjax.data.sources import source, spec
+from pcjax.data.specs import DatasetSpec
 
 Batch = dict[str, Any]
 
-DATA_AXIS = "data"
 _MAX_SEED = 2**63
 # Keeps the epoch shuffle seeds apart from other uses of the same user seed.
 _SHUFFLE_STREAM = 0x5EED
-
-
-def default_read_options() -> grain.ReadOptions:
-    """Reading threads and prefetch buffer: modest, since examples are decoded on the host CPU."""
-    return grain.ReadOptions(num_threads=min(4, os.cpu_count() or 1), prefetch_buffer_size=256)
+# Examples are read and decoded by a few threads of this process, on the host CPU.
+_READ_OPTIONS = grain.ReadOptions(num_threads=min(4, os.cpu_count() or 1), prefetch_buffer_size=256)
 
 
 def train_batches(
@@ -60,40 +56,52 @@ def train_batches(
     global_batch_size: int,
     seed: int,
     start_step: int = 0,
-    mesh: Mesh | None = None,
+    sharding: Sharding | None = None,
     augment: bool = True,
-    read_options: grain.ReadOptions | None = None,
-    worker_count: int = 0,
 ) -> Iterator[Batch]:
     """Endless training batches {"image", "label", "index"}; batch k depends only on (seed, k).
 
     Close the returned generator (``.close()``) when done with it: that stops the reading threads.
 
     Args:
-      name: dataset name (`pcjax.data.names()`).
-      data_dir: TFDS data dir (default: `pcjax.data.default_data_dir()`).
+      name: dataset name (`pcjax.data.names()`, or a prepared image folder dataset).
+      data_dir: TFDS data dir (None or "": `pcjax.data.default_data_dir()`).
       split: TFDS split string, slicing allowed ("train[:90%]").
       global_batch_size: B, examples per step over all processes.
       seed: non-negative integer: fixes the epoch orders and the augmentation.
       start_step: index of the first batch yielded (to resume a run).
-      mesh: if given, batches are global `jax.Array`s sharded on its "data" axis; B must be a
-        multiple of that axis' size.
+      sharding: if given, batches are global `jax.Array`s with this sharding of their leading
+        (batch) axis, e.g. `NamedSharding(mesh, P("data"))`; B must split evenly into its
+        shards. None: this process's rows as NumPy arrays.
       augment: apply the dataset's training augmentation (`spec(name).augmentation`).
-      read_options: grain reading threads / prefetch (default `default_read_options()`).
-      worker_count: grain worker processes (0: read in this process).
 
     Yields:
       {"image": float32 (B, *spec(name).image_shape) normalized,
        "label": int32 (B,), "index": int32 (B,) each example's position in the split}: the whole
-      global batch with a mesh, else this process's rows.
+      global batch with a sharding, else this process's rows.
+
+    Raises:
+      ValueError: a bad seed, start_step or global_batch_size, a sharding that is not a
+        `jax.sharding.Sharding` or does not split B evenly, or an empty split.
+
+    Examples:
+      >>> import tempfile
+      >>> from pcjax import data
+      >>> batches = data.train_batches(  # doctest: +ELLIPSIS
+      ...     "digits", data_dir=tempfile.mkdtemp(), global_batch_size=32, seed=0)
+      Building digits in ... (no download)
+      >>> batch = next(batches)
+      >>> batch["image"].shape, batch["label"].dtype, batch["index"].shape
+      ((32, 8, 8, 1), dtype('int32'), (32,))
+      >>> batches.close()
     """
     _check_int("seed", seed, lower=0, upper=_MAX_SEED)
     _check_int("start_step", start_step, lower=0)
+    rows = _process_rows(global_batch_size, sharding)
     dataset_spec = spec(name, data_dir=data_dir)
     examples = source(name, split, data_dir=data_dir)
     if len(examples) == 0:
         raise ValueError(f"Split {split!r} of {name!r} is empty.")
-    rows = _process_rows(global_batch_size, mesh)
     shuffle_seed = int(np.random.SeedSequence([seed, _SHUFFLE_STREAM]).generate_state(1)[0])
     # grain reseeds the shuffle of epoch e with shuffle_seed + e. The stream holds split positions
     # (the same permutation as shuffling the examples themselves), read by _load_train_example.
@@ -110,7 +118,7 @@ def train_batches(
     local = len(rows)
     last_step = sys.maxsize // local - 1
     dataset = grain.MapDataset.range(start_step * local, last_step * local).map(load)
-    return _iterate(dataset, local, mesh, global_batch_size, read_options, worker_count)
+    return _iterate(dataset, local, sharding, global_batch_size)
 
 
 def eval_batches(
@@ -119,24 +127,31 @@ def eval_batches(
     *,
     data_dir: str | os.PathLike | None = None,
     global_batch_size: int,
-    mesh: Mesh | None = None,
-    read_options: grain.ReadOptions | None = None,
-    worker_count: int = 0,
+    sharding: Sharding | None = None,
 ) -> Iterator[Batch]:
     """One pass of evaluation batches {"image", "label", "mask"} over `split`, last batch padded.
 
     Args:
-      name, data_dir, mesh, read_options, worker_count: as in `train_batches`.
+      name, data_dir, sharding: as in `train_batches`.
       split: TFDS split string ("test", "validation", "train[90%:]").
-      global_batch_size: B; with a mesh, a multiple of the size of its "data" axis.
+      global_batch_size: B; with a sharding, B splits evenly into its shards.
 
     Yields:
       ceil(N / B) batches {"image": float32 (B, *image_shape), "label": int32 (B,),
       "mask": bool (B,)}; `mask` is False exactly on the padding rows of the last batch.
+
+    Examples:
+      >>> import tempfile
+      >>> from pcjax import data
+      >>> batches = list(data.eval_batches(  # doctest: +ELLIPSIS
+      ...     "digits", "test", data_dir=tempfile.mkdtemp(), global_batch_size=100))
+      Building digits in ... (no download)
+      >>> len(batches), int(sum(b["mask"].sum() for b in batches))
+      (4, 355)
     """
+    rows = _process_rows(global_batch_size, sharding)
     dataset_spec = spec(name, data_dir=data_dir)
     examples = source(name, split, data_dir=data_dir)
-    rows = _process_rows(global_batch_size, mesh)
     num_steps = math.ceil(len(examples) / global_batch_size)
     load = functools.partial(
         _load_eval_example,
@@ -146,7 +161,7 @@ def eval_batches(
         global_batch_size=global_batch_size,
     )
     dataset = grain.MapDataset.range(num_steps * len(rows)).map(load)
-    return _iterate(dataset, len(rows), mesh, global_batch_size, read_options, worker_count)
+    return _iterate(dataset, len(rows), sharding, global_batch_size)
 
 
 def _stream_position(j: int, rows: np.ndarray, global_batch_size: int) -> int:
@@ -186,25 +201,15 @@ def _load_eval_example(j, *, examples, spec: DatasetSpec, rows, global_batch_siz
 def _iterate(
     dataset: grain.MapDataset,
     local_batch_size: int,
-    mesh: Mesh | None,
+    sharding: Sharding | None,
     global_batch_size: int,
-    read_options: grain.ReadOptions | None,
-    worker_count: int,
 ) -> Iterator[Batch]:
-    batches = dataset.batch(local_batch_size, drop_remainder=True).to_iter_dataset(
-        read_options or default_read_options()
-    )
-    if worker_count > 0:
-        # grain's worker processes read absl flags; outside an absl app they are not parsed yet.
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-        batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    iterator = iter(batches)
+    batches = dataset.batch(local_batch_size, drop_remainder=True)
+    iterator = iter(batches.to_iter_dataset(_READ_OPTIONS))
     try:
-        if mesh is None:
+        if sharding is None:
             yield from iterator
             return
-        sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
         for batch in iterator:
             yield {
                 key: jax.make_array_from_process_local_data(
@@ -218,25 +223,34 @@ def _iterate(
         iterator.close()
 
 
-def _process_rows(global_batch_size: int, mesh: Mesh | None) -> np.ndarray:
+def _process_rows(global_batch_size: int, sharding: Sharding | None) -> np.ndarray:
     """Rows of each global batch that this process reads, in the order of its local batch.
 
-    With a mesh, they are the rows its addressable devices hold under P("data"), in increasing
-    order, which is the local layout `jax.make_array_from_process_local_data` expects.
+    With a sharding, they are the rows its addressable devices hold, in increasing order, which is
+    the local layout `jax.make_array_from_process_local_data` expects.
     """
     _check_int("global_batch_size", global_batch_size, lower=1)
-    if mesh is None:
+    if sharding is None:
         count, index = jax.process_count(), jax.process_index()
-        check_batch_split(global_batch_size, count, "processes", "global_batch_size")
+        _check_batch_split(global_batch_size, count, "processes")
         local = global_batch_size // count
         return np.arange(index * local, (index + 1) * local)
-    if DATA_AXIS not in mesh.axis_names:
-        raise ValueError(f"mesh must have a {DATA_AXIS!r} axis; its axes are {mesh.axis_names}.")
-    check_batch_split(
-        global_batch_size, mesh.shape[DATA_AXIS], f"devices of the mesh's {DATA_AXIS!r} axis",
-        "global_batch_size",
-    )
-    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    if not isinstance(sharding, Sharding):
+        raise ValueError(
+            "sharding: expected a jax.sharding.Sharding of the batch axis (e.g. "
+            f"NamedSharding(mesh, P('data'))) or None, got {type(sharding).__name__}"
+        )
+    # The number of shards of the batch axis: the distinct row ranges the devices hold of a
+    # batch of one row per device (which any sharding of one axis splits evenly).
+    probe = len(sharding.device_set)
+    try:
+        shards = {i[0].indices(probe) for i in sharding.devices_indices_map((probe,)).values()}
+    except (IndexError, ValueError):
+        raise ValueError(
+            f"sharding: {sharding} does not apply to the 1-D labels; expected a sharding of "
+            "the batch axis only"
+        ) from None
+    _check_batch_split(global_batch_size, len(shards), "shards of `sharding`")
     slices: Sequence[tuple[int, int]] = sorted(
         {
             (index[0].start or 0, index[0].stop or global_batch_size)
@@ -246,15 +260,10 @@ def _process_rows(global_batch_size: int, mesh: Mesh | None) -> np.ndarray:
     return np.concatenate([np.arange(start, stop) for start, stop in slices])
 
 
-def check_batch_split(global_batch_size: int, parts: int, what: str, name: str) -> None:
-    """Raises ValueError naming `name` unless the global batch splits evenly into `parts` `what`.
-
-    The one batch divisibility check: the pipeline (over processes or mesh devices), the mesh
-    (``pcjax.training.sharding``) and the config validation call it.
-    """
+def _check_batch_split(global_batch_size: int, parts: int, what: str) -> None:
     if global_batch_size % parts:
         raise ValueError(
-            f"{name}: global batch size {global_batch_size} is not divisible by the {parts} {what}"
+            f"global_batch_size: {global_batch_size} is not divisible by the {parts} {what}"
         )
 
 

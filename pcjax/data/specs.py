@@ -16,7 +16,6 @@ shapes, augmentation and the training images' per-channel statistics, computed w
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from typing import Literal
 
@@ -68,7 +67,7 @@ _PREPARE_CIFAR = (
     "PATH/{name_dash}-python.tar.gz, copied from a machine with internet), or: " + _TFDS_BUILD
 )
 
-_SPECS: dict[str, DatasetSpec] = {
+SPECS: Mapping[str, DatasetSpec] = {
     "digits": DatasetSpec(
         name="digits",
         num_classes=10,
@@ -136,33 +135,11 @@ _SPECS: dict[str, DatasetSpec] = {
 
 
 def names() -> tuple[str, ...]:
-    """Names of the supported datasets."""
-    return tuple(_SPECS)
+    """Names of the built-in datasets (image folder datasets come from a data dir).
 
-
-def spec(name: str, *, data_dir: str | os.PathLike | None = None) -> DatasetSpec:
-    """The `DatasetSpec` of dataset `name`.
-
-    Args:
-      name: one of `names()`, or an image folder dataset prepared in `data_dir` by
-        `python -m pcjax.data.prepare folder` (its spec is read from what was prepared).
-      data_dir: the TFDS data dir (default: `pcjax.data.default_data_dir()`); only folder
-        datasets depend on it.
-
-    Raises:
-      ValueError: `name` is neither a supported dataset nor a folder dataset prepared in
-        `data_dir`.
+    Examples:
+      >>> from pcjax import data
+      >>> data.names()
+      ('digits', 'mnist1d', 'cifar10', 'cifar100', 'imagenet2012')
     """
-    if name in _SPECS:
-        return _SPECS[name]
-    # Imported here: specs stay importable without TFDS, and sources imports this module.
-    from pcjax.data import sources
-
-    prepared = sources.folder_spec(name, data_dir)
-    if prepared is None:
-        raise ValueError(
-            f"Unknown dataset {name!r}; expected one of {names()}, or an image folder dataset "
-            f"prepared in {sources.resolve_data_dir(data_dir)} with: python -m "
-            f"pcjax.data.prepare folder --dir DIR --name {name}"
-        )
-    return prepared
+    return tuple(SPECS)

@@ -112,7 +112,8 @@ class TransferLoss:
         options = {**defaults, **given}
         for key, value in options.items():
             default = defaults[key]
-            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            if (isinstance(default, float) and isinstance(value, int)
+                    and not isinstance(value, bool)):
                 options[key] = float(value)
             elif (default is not None and not callable(value)
                   and type(value) is not type(default)):

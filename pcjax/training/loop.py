@@ -57,7 +57,8 @@ class Context:
     def eval_batches(self, split: str):
         return data.eval_batches(
             self.spec.dataset.name, split, data_dir=self.spec.data_dir,
-            global_batch_size=self.spec.eval_batch_size, mesh=self.mesh,
+            global_batch_size=self.spec.eval_batch_size,
+            sharding=sharding.batch_sharded(self.mesh),
         )
 
     def jit_forward(self, forward: Callable) -> Callable:
@@ -111,7 +112,8 @@ def run_phase(
     run = ctx.spec
     batches = data.train_batches(
         run.dataset.name, data_dir=run.data_dir, split=run.train_split,
-        global_batch_size=cfg.batch_size, seed=phase.spec.seed, start_step=start, mesh=ctx.mesh,
+        global_batch_size=cfg.batch_size, seed=phase.spec.seed, start_step=start,
+        sharding=sharding.batch_sharded(ctx.mesh),
         augment=cfg.augment,
     )
     progress = log_lib.Progress(name, total, start)

@@ -16,7 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from pcjax.data.pipeline import DATA_AXIS, check_batch_split
+DATA_AXIS = "data"
 
 
 def _env_int(name: str) -> int | None:
@@ -107,12 +107,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over "data"."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-
-
-def check_batch_size(global_batch_size: int, mesh: Mesh, key: str) -> None:
-    """Raises ValueError naming `key` when the global batch does not split evenly over the mesh."""
-    parts = mesh.shape[DATA_AXIS]
-    check_batch_split(global_batch_size, parts, "devices of the data mesh", f"config.{key}")
 
 
 def to_host(tree):

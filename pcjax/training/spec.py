@@ -22,7 +22,7 @@ from pcjax import data, models
 from pcjax.losses import transfer
 from pcjax.training import optim, sharding
 from pcjax.training.checkpoint import model_exists
-from pcjax.training.config import ConfigError, fail
+from pcjax.training.config import fail
 
 PROTOCOLS = ("class_unaware", "class_aware")
 TEACHER, STUDENT = "teacher", "student"
@@ -55,7 +55,7 @@ class RunSpec:
     config: ml_collections.FrozenConfigDict
     mesh: Mesh
     dataset: data.DatasetSpec
-    data_dir: str | None
+    data_dir: str
     train_split: str
     eval_split: str
     probe_split: str
@@ -242,7 +242,7 @@ def resolve(config: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
         config=ml_collections.FrozenConfigDict(resolved),
         mesh=mesh,
         dataset=dataset,
-        data_dir=config.data_dir or None,
+        data_dir=config.data_dir,
         train_split=config.train_split,
         eval_split=config.eval_split,
         probe_split=probe_split,
