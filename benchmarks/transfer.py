@@ -51,9 +51,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcjax import data
-from pcjax.training import build, evaluation, sharding, trainer
+from pcjax.training import build, evaluation, population, sharding
 from pcjax.training import config as config_lib
 from pcjax.training import state as state_lib
+from pcjax.training.spec import RunSpec, resolve
 
 MODELS = {"digits": ("digits_cnn", "digits_student"),
           "mnist1d": ("mnist1d_cnn", "mnist1d_small_cnn")}
@@ -124,14 +125,15 @@ def method_config(dataset: str, method: Method, *, seed: int, steps: int, teache
     return config
 
 
-def train(phase: build.Phase, config, seeds, repeat: int, mesh):
+def train(phase: build.Phase, spec: RunSpec, seeds, repeat: int):
     """Trains a population (member j: ``seeds[j // repeat]``'s batch order); the final state."""
     step, state = jax.jit(phase.step, donate_argnums=0), phase.state
-    pipelines = [data.train_batches(config.dataset, split=TRAIN, global_batch_size=config[
-        phase.name].train.batch_size, seed=seed, sharding=sharding.batch_sharded(mesh),
-        augment=False) for seed in seeds]
+    pipelines = [data.train_batches(spec.dataset.name, data_dir=spec.data_dir, split=TRAIN,
+                                    global_batch_size=phase.spec.train.batch_size, seed=seed,
+                                    sharding=sharding.batch_sharded(spec.mesh), augment=False)
+                 for seed in seeds]
     try:
-        for _ in range(phase.steps.total):
+        for _ in range(phase.spec.steps.total):
             batches = [next(p) for p in pipelines for _ in range(repeat)]
             batch = {k: jnp.stack([b[k] for b in batches]) for k in ("image", "label", "index")}
             state, _ = step(state, batch, phase.teacher)
@@ -141,22 +143,22 @@ def train(phase: build.Phase, config, seeds, repeat: int, mesh):
     return state
 
 
-def score(phase: build.Phase, state, config, mesh, teacher_test=None, pc_kwargs=None) -> dict:
+def score(phase: build.Phase, state, spec: RunSpec, teacher_test=None, pc_kwargs=None) -> dict:
     """Per-member scores (each (P,)) of a population's frozen models, as train.py evaluates.
 
     pc_score uses `pc_kwargs`' dissimilarities (default: those of the config's loss)."""
-    forward = build.jit_forward(phase.forward, mesh)
-    pc_kwargs = trainer.pc_dissimilarities(config) if pc_kwargs is None else pc_kwargs
+    forward = build.jit_forward(phase.forward, spec.mesh)
+    pc_kwargs = spec.pc_dissimilarities if pc_kwargs is None else pc_kwargs
     scores = []
     for i in range(jax.tree.leaves(state)[0].shape[0]):
         variables = state_lib.export_variables(jax.tree.map(lambda x, i=i: x[i], state))
         pred = {k: evaluation.predict(forward, variables, data.eval_batches(
-            config.dataset, split, global_batch_size=config.eval.batch_size,
-            sharding=sharding.batch_sharded(mesh)))
+            spec.dataset.name, split, data_dir=spec.data_dir,
+            global_batch_size=spec.eval_batch_size, sharding=sharding.batch_sharded(spec.mesh)))
             for k, split in SPLITS.items()}
         quality = {k: evaluation.feature_quality(
-            pred["train"], pred[k], knn_k=config.eval.knn_k,
-            num_classes=data.spec(config.dataset).num_classes) for k in ("validation", "test")}
+            pred["train"], pred[k], knn_k=spec.knn_k, num_classes=spec.dataset.num_classes)
+            for k in ("validation", "test")}
         scores.append({
             "validation_probe": quality["validation"]["linear_probe"],
             "validation_top1": evaluation.top1(pred["validation"]),
@@ -164,7 +166,7 @@ def score(phase: build.Phase, state, config, mesh, teacher_test=None, pc_kwargs=
             "knn": quality["test"]["knn"],
             "top1": evaluation.top1(pred["test"]),
             "pc_score": np.nan if teacher_test is None else evaluation.coherence(
-                pred["test"], teacher_test, chunk_size=config.eval.pc_chunk_size, **pc_kwargs),
+                pred["test"], teacher_test, chunk_size=spec.pc_chunk_size, **pc_kwargs),
             "test": pred["test"],
         })
     return {k: np.array([s[k] for s in scores]) if k != "test" else [s[k] for s in scores]
@@ -202,10 +204,10 @@ def train_teacher(dataset: str, budget: dict, mesh, workdir: str | None = None):
 
     def compute():
         start = time.perf_counter()
-        config = method_config(dataset, _LOSSES[0], seed=TEACHER_SEED, **budget)
-        phase = build.population([build.teacher_phase(config, mesh, population=True)], [1.0])
-        state = train(phase, config, [config.seed], 1, mesh)
-        scores = score(phase, state, config, mesh)
+        spec = resolve(method_config(dataset, _LOSSES[0], seed=TEACHER_SEED, **budget), mesh)
+        phase = population.stack([build.teacher_phase(spec, population=True)], [1.0])
+        state = train(phase, spec, [spec.teacher.seed], 1)
+        scores = score(phase, state, spec)
         variables = state_lib.export_variables(jax.tree.map(lambda x: np.asarray(x[0]), state))
         return {"model": build.Model(phase.graphdef, variables), "test": scores.pop("test")[0],
                 "scores": scores, "lr": TEACHER_LR, "seconds": time.perf_counter() - start}
@@ -222,16 +224,16 @@ def run_method(method: Method, teacher: dict, dataset: str, seeds: int,
     """One row: every (seed, learning rate) member of `method` trained as one population; the
     scores of the learning rate with the best mean validation score, per seed."""
     start = time.perf_counter()
-    configs = [method_config(dataset, method, seed=s, protocol=protocol, **budget)
-               for s in range(seeds)]
+    specs = [resolve(method_config(dataset, method, seed=s, protocol=protocol, **budget), mesh)
+             for s in range(seeds)]
     # Member (s, lr) of the seed-major population; the untrained reference has the same shape.
-    members = [build.student_phase(c, mesh, teacher["model"], population=True) for c in configs]
-    phase = build.population([m for m in members for _ in learning_rates],
+    members = [build.student_phase(s, teacher["model"], population=True) for s in specs]
+    phase = population.stack([m for m in members for _ in learning_rates],
                              list(learning_rates) * seeds)
     state = phase.state
     if method.trained:
-        state = train(phase, configs[0], [c.seed + 1 for c in configs], len(learning_rates), mesh)
-    scores = score(phase, state, configs[0], mesh, teacher["test"], pc_kwargs)
+        state = train(phase, specs[0], [s.student.seed for s in specs], len(learning_rates))
+    scores = score(phase, state, specs[0], teacher["test"], pc_kwargs)
     del scores["test"]
     scores = {k: v.reshape(seeds, len(learning_rates)) for k, v in scores.items()}
     by_labels = protocol == "class_aware" or method.loss is None
