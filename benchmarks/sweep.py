@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 
 import numpy as np
 
+import paired
 import transfer
 from pcjax.training import sharding
 
@@ -48,28 +50,27 @@ LEARNING_RATES = {"digits": 0.003, "mnist1d": 0.03}
 def run(dataset: str, args, rows=None, workdir=None) -> dict:
     mesh = sharding.make_mesh(1)
     budget = dict(steps=args.steps, teacher_steps=args.teacher_steps, batch_size=args.batch_size)
-    teacher = transfer.train_teacher(dataset, budget, mesh, workdir)
-    lr = (args.learning_rate,)
-    results = {}
-    for setting in SETTINGS:
-        if rows is None or setting.slug in rows:
-            path = workdir and os.path.join(workdir, "sweep", f"{setting.slug}.pkl")
-            results[setting.label] = transfer.cached(path, lambda s=setting: transfer.run_method(
-                s, teacher, dataset, args.seeds, lr, budget, mesh, pc_kwargs=EUCLIDEAN))
-    return results
+    with tempfile.TemporaryDirectory() as temporary:
+        workdir = workdir or temporary
+        teacher = transfer.train_teacher(dataset, budget, mesh, workdir, args.teacher_seed)
+        return {s.label: transfer.run_method(
+            s, teacher, dataset, args.seeds, (args.learning_rate,), budget, mesh,
+            os.path.join(workdir, "sweep", s.slug), pc_kwargs=EUCLIDEAN)
+            for s in SETTINGS if rows is None or s.slug in rows}
 
 
 def markdown(all_results: dict, args, seconds: float) -> str:
     lines = [
         "## Perception coherence settings (class-unaware transfer)",
         "",
-        f"`python benchmarks/sweep.py --datasets {' '.join(all_results)} --seeds {args.seeds}`",
+        f"`python benchmarks/sweep.py --datasets {' '.join(all_results)} --seeds "
+        f"{args.seeds_text} --teacher_seed {args.teacher_seed}`",
         "",
         "One setting changed at a time from the default (mse, l2, eps 1, euclidean / euclidean); "
-        f"mean ± std over {args.seeds} seeds; learning rate {LEARNING_RATES} (adamw, constant); "
-        "budget and splits of benchmarks/transfer.py; pc_score with euclidean dissimilarities. "
-        "'vs default' applies the win/loss rule of the transfer tables to the linear probe and "
-        "pc_score.",
+        f"mean ± std over seeds {args.seeds_text}; learning rate {LEARNING_RATES} (adamw, "
+        "constant); budget and splits of benchmarks/transfer.py; pc_score with euclidean "
+        "dissimilarities. 'vs default': the setting minus the default, paired over the same "
+        "seeds, wins or loses when its 95% t-interval excludes 0 (linear probe; pc_score).",
     ]
     for dataset, results in all_results.items():
         default = results["default"]["scores"]
@@ -79,7 +80,8 @@ def markdown(all_results: dict, args, seconds: float) -> str:
         for label, row in results.items():
             s = row["scores"]
             verdict = "—" if label == "default" else "; ".join(
-                transfer.compare(s, default, k).split()[0] for k in ("probe", "pc_score"))
+                paired.verdict(*paired.interval(s[k], default[k])[1:])
+                for k in ("probe", "pc_score"))
             lines.append(f"| {label} | {transfer.cell(s['probe'], True)} | "
                          f"{transfer.cell(s['knn'], True)} | "
                          f"{transfer.cell(s['pc_score'], False)} | {verdict} |")
@@ -116,7 +118,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", choices=sorted(transfer.MODELS),
                         default=["digits", "mnist1d"])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", nargs="+", default=["5"], help=transfer.SEEDS_HELP)
+    parser.add_argument("--teacher_seed", type=int, default=transfer.TEACHER_SEED)
     parser.add_argument("--steps", type=int, default=None,
                         help=f"student steps (default: {transfer.DEFAULT_STEPS})")
     parser.add_argument("--teacher_steps", type=int, default=1500)
@@ -129,8 +132,7 @@ def main():
                         help=f"only these settings, needs --workdir: {[s.slug for s in SETTINGS]}")
     parser.add_argument("--output_dir", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
-    if args.seeds < 2:
-        parser.error("--seeds must be at least 2 (the table reports a standard deviation)")
+    transfer.parse_seeds(parser, args)
     if args.rows is not None and not args.workdir:
         parser.error("--rows needs --workdir")
     start = time.perf_counter()
@@ -139,7 +141,7 @@ def main():
         workdir = args.workdir and os.path.join(args.workdir, dataset)
         one = argparse.Namespace(**{**vars(args), "steps": args.steps or transfer.DEFAULT_STEPS[
             dataset], "learning_rate": args.learning_rate or LEARNING_RATES[dataset]})
-        transfer.check_workdir(parser, one, workdir, "sweep", ("seeds", "learning_rate"))
+        transfer.check_workdir(parser, one, workdir, "sweep")
         results[dataset] = run(dataset, one, args.rows, workdir)
     if args.rows is not None:
         return

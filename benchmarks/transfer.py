@@ -5,7 +5,7 @@ One teacher per dataset is trained with cross-entropy; then one student per meth
 
   class_unaware: the method's transfer loss alone (inputs and teacher features, no labels), for
     perception coherence (objective "mse" and "spearman"), RKD, PKT, SP, CC, FitNet and CRD
-    (``pcjax.losses.get(name)``, each at its registry weight; FitNet and CC train a linear
+    (``pcjax.losses.transfer.get(name)``, each at its registry weight; FitNet and CC train a linear
     projection head, CRD its embedding heads and memory banks, with the student), plus two
     references: "no transfer" (the student at initialization) and "supervised" (cross-entropy on
     the labels). Scored on the test split by a linear probe and kNN on the frozen features (both
@@ -16,9 +16,10 @@ One teacher per dataset is trained with cross-entropy; then one student per meth
     command) and "CRD + KD" (CE + KD + 0.8 * CRD, RepDistiller's CRD+KD command). Scored and
     selected by top-1.
 
-Every run is a train.py config (`method_config`) built, stepped and evaluated by the library's
-code: ``pcjax.training.build`` makes the phases and their step, ``pcjax.training.evaluation``
-scores the models as train.py's evaluation does (same probe, same kNN k, same pc_score).
+Every run is a train.py config (`method_config`) resolved by ``pcjax.training.spec.resolve``,
+built by ``pcjax.training.build``, trained by train.py's loop (``loop.run_phase``: NaN checks,
+metrics.jsonl, checkpoints) and scored by train.py's evaluation (``evaluation.evaluate``: same
+probe, same kNN k, same pc_score).
 
 Splits: models train on "train[:90%]"; "train[90%:]" is the validation split that picks each
 method's learning rate (best mean validation linear-probe accuracy over the seeds; top-1 accuracy
@@ -26,16 +27,18 @@ for the supervised student); the test split is only used for the reported number
 
 Budget: every student gets the same number of adamw steps (no weight decay, constant rate) at the
 same batch size, at each of the learning rates of the sweep, for every seed. Seed s fixes the
-student's initialization and its batch order. All (seed, learning rate) pairs of one method train
-together as one population (``build.population``: the library's step vmapped over the members).
+student's initialization and its batch order, so rows compare paired by seed. Every (seed,
+learning rate) member trains alone, so its result does not depend on the other members (a
+vmapped population's batched kernels order float sums by its size); the members of a method
+share one compiled step (the learning rate is a factor in the optimizer state).
 
-    python benchmarks/transfer.py --dataset digits --seeds 5 [--protocol class_aware]
-    python benchmarks/transfer.py --dataset mnist1d --seeds 5 [--protocol class_aware]
+    python benchmarks/transfer.py --dataset digits --seeds 10 [--protocol class_aware]
+    python benchmarks/transfer.py --dataset mnist1d --seeds 5:15 [--protocol class_aware]
 
 The markdown table is printed and written to benchmarks/results/transfer_<dataset>[_<protocol>].md
-(no suffix for class_unaware). With ``--workdir``, the teacher and each finished row are kept
-there and a rerun reuses them, so rows can run as separate processes (``--rows``) and a last run
-without ``--rows`` writes the table.
+(no suffix for class_unaware). With ``--workdir``, the teacher and each finished member are kept
+there and a rerun reuses them (more seeds add members), so rows can run as separate processes
+(``--rows``) and a last run without ``--rows`` writes the table.
 """
 
 from __future__ import annotations
@@ -44,15 +47,18 @@ import argparse
 import dataclasses
 import os
 import pickle
+import shutil
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcjax import data
-from pcjax.training import build, evaluation, population, sharding
+import paired
+from pcjax.training import build, evaluation, loop, sharding
 from pcjax.training import config as config_lib
+from pcjax.training import logging as log_lib
 from pcjax.training import state as state_lib
 from pcjax.training.spec import RunSpec, resolve
 
@@ -125,149 +131,159 @@ def method_config(dataset: str, method: Method, *, seed: int, steps: int, teache
     return config
 
 
-def train(phase: build.Phase, spec: RunSpec, seeds, repeat: int):
-    """Trains a population (member j: ``seeds[j // repeat]``'s batch order); the final state."""
-    step, state = jax.jit(phase.step, donate_argnums=0), phase.state
-    pipelines = [data.train_batches(spec.dataset.name, data_dir=spec.data_dir, split=TRAIN,
-                                    global_batch_size=phase.spec.train.batch_size, seed=seed,
-                                    sharding=sharding.batch_sharded(spec.mesh), augment=False)
-                 for seed in seeds]
+def train(spec: RunSpec, phase: build.Phase, workdir: str) -> state_lib.TrainState:
+    """Trains `phase` with train.py's loop (`loop.run_phase`: NaN checks, metrics.jsonl and
+    TensorBoard, checkpoints) in `workdir`; a killed run resumes there."""
+    writer = log_lib.MetricWriter(workdir)
     try:
-        for _ in range(phase.spec.steps.total):
-            batches = [next(p) for p in pipelines for _ in range(repeat)]
-            batch = {k: jnp.stack([b[k] for b in batches]) for k in ("image", "label", "index")}
-            state, _ = step(state, batch, phase.teacher)
+        return loop.run_phase(loop.Context(spec, workdir, writer), phase)
     finally:
-        for p in pipelines:
-            p.close()
-    return state
+        writer.close()
 
 
-def score(phase: build.Phase, state, spec: RunSpec, teacher_test=None, pc_kwargs=None) -> dict:
-    """Per-member scores (each (P,)) of a population's frozen models, as train.py evaluates.
-
-    pc_score uses `pc_kwargs`' dissimilarities (default: those of the config's loss)."""
-    forward = build.jit_forward(phase.forward, spec.mesh)
-    pc_kwargs = spec.pc_dissimilarities if pc_kwargs is None else pc_kwargs
-    scores = []
-    for i in range(jax.tree.leaves(state)[0].shape[0]):
-        variables = state_lib.export_variables(jax.tree.map(lambda x, i=i: x[i], state))
-        pred = {k: evaluation.predict(forward, variables, data.eval_batches(
-            spec.dataset.name, split, data_dir=spec.data_dir,
-            global_batch_size=spec.eval_batch_size, sharding=sharding.batch_sharded(spec.mesh)))
-            for k, split in SPLITS.items()}
-        quality = {k: evaluation.feature_quality(
-            pred["train"], pred[k], knn_k=spec.knn_k, num_classes=spec.dataset.num_classes)
-            for k in ("validation", "test")}
-        scores.append({
-            "validation_probe": quality["validation"]["linear_probe"],
-            "validation_top1": evaluation.top1(pred["validation"]),
-            "probe": quality["test"]["linear_probe"],
-            "knn": quality["test"]["knn"],
-            "top1": evaluation.top1(pred["test"]),
-            "pc_score": np.nan if teacher_test is None else evaluation.coherence(
-                pred["test"], teacher_test, chunk_size=spec.pc_chunk_size, **pc_kwargs),
-            "test": pred["test"],
-        })
-    return {k: np.array([s[k] for s in scores]) if k != "test" else [s[k] for s in scores]
-            for k in scores[0]}
+def score(spec: RunSpec, forward, variables, teacher_test=None, pc_kwargs=None):
+    """(scores, test predictions) of a frozen model, scored as train.py's final evaluation does
+    (`evaluation.evaluate`); pc_score with `pc_kwargs`' dissimilarities (default: the loss's)."""
+    ctx = loop.Context(spec, "", None)
+    scores, preds = evaluation.evaluate(
+        lambda split: evaluation.predict(forward, variables, ctx.eval_batches(split)),
+        [VALIDATION, TEST], probe_split=spec.probe_split, knn_k=spec.knn_k,
+        num_classes=spec.dataset.num_classes,
+        teacher=None if teacher_test is None else {TEST: teacher_test},
+        chunk_size=spec.pc_chunk_size,
+        dissimilarities=spec.pc_dissimilarities if pc_kwargs is None else pc_kwargs)
+    val, test = scores[VALIDATION], scores[TEST]
+    return {"validation_probe": val["linear_probe"], "validation_top1": val["top1"],
+            "probe": test["linear_probe"], "knn": test["knn"], "top1": test["top1"],
+            "pc_score": test.get("pc_score", np.nan)}, preds[TEST]
 
 
-def cached(path: str | None, compute):
-    """``compute()``, kept in the pickle file `path` (None: not kept) and reused from it."""
-    if path and os.path.exists(path):
+def cached(path: str, compute):
+    """``compute()``, kept in the pickle file `path` and reused from it."""
+    if os.path.exists(path):
         with open(path, "rb") as f:
             return pickle.load(f)
     value = compute()
-    if path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
-            pickle.dump(value, f)
-        os.replace(path + ".tmp", path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        pickle.dump(value, f)
+    os.replace(path + ".tmp", path)
     return value
 
 
-def check_workdir(parser, args, workdir: str | None, name: str, keys: tuple[str, ...]) -> None:
-    """Kept rows are only valid for the budget they were trained with: the first run of `name`
+def check_workdir(parser, args, workdir: str | None, name: str) -> None:
+    """Kept runs are only valid for the budget they were trained with: the first run of `name`
     in `workdir` records it, later runs must match it."""
     if not workdir:
         return
-    for file, names in (("teacher", ("teacher_steps", "batch_size")), (name, ("steps", *keys))):
+    for file, names in (("teacher", ("teacher_steps", "batch_size", "teacher_seed")),
+                        (name, ("steps", "batch_size"))):
         settings = {k: getattr(args, k) for k in names}
         kept = cached(os.path.join(workdir, f"{file}_settings.pkl"), lambda s=settings: s)
         if kept != settings:
             parser.error(f"--workdir {args.workdir} holds {file} runs of {kept}, not {settings}")
 
 
-def train_teacher(dataset: str, budget: dict, mesh, workdir: str | None = None):
+def train_teacher(dataset: str, budget: dict, mesh, workdir: str,
+                  teacher_seed: int = TEACHER_SEED):
     """The dataset's teacher: {"model": `build.Model` (host arrays), "scores", "test", ...}."""
 
     def compute():
         start = time.perf_counter()
-        spec = resolve(method_config(dataset, _LOSSES[0], seed=TEACHER_SEED, **budget), mesh)
-        phase = population.stack([build.teacher_phase(spec, population=True)], [1.0])
-        state = train(phase, spec, [spec.teacher.seed], 1)
-        scores = score(phase, state, spec)
-        variables = state_lib.export_variables(jax.tree.map(lambda x: np.asarray(x[0]), state))
-        return {"model": build.Model(phase.graphdef, variables), "test": scores.pop("test")[0],
-                "scores": scores, "lr": TEACHER_LR, "seconds": time.perf_counter() - start}
+        spec = resolve(method_config(dataset, _LOSSES[0], seed=teacher_seed, **budget), mesh)
+        phase = build.teacher_phase(spec)
+        variables = state_lib.export_variables(train(spec, phase, workdir))
+        scores, test = score(spec, build.jit_forward(phase.forward, mesh), variables)
+        return {"model": build.Model(phase.graphdef, jax.device_get(variables)), "test": test,
+                "scores": {k: np.array([v]) for k, v in scores.items()}, "lr": TEACHER_LR,
+                "seconds": time.perf_counter() - start}
 
-    teacher = cached(workdir and os.path.join(workdir, "teacher.pkl"), compute)
+    teacher = cached(os.path.join(workdir, "teacher.pkl"), compute)
     print(f"teacher {MODELS[dataset][0]}: test top-1 {100 * teacher['scores']['top1'][0]:.2f}% "
           f"({teacher['seconds']:.0f} s)", flush=True)
     return teacher
 
 
-def run_method(method: Method, teacher: dict, dataset: str, seeds: int,
-               learning_rates: tuple[float, ...], budget: dict, mesh, *,
-               protocol: str = "class_unaware", pc_kwargs=None) -> dict:
-    """One row: every (seed, learning rate) member of `method` trained as one population; the
-    scores of the learning rate with the best mean validation score, per seed."""
-    start = time.perf_counter()
-    specs = [resolve(method_config(dataset, method, seed=s, protocol=protocol, **budget), mesh)
-             for s in range(seeds)]
-    # Member (s, lr) of the seed-major population; the untrained reference has the same shape.
-    members = [build.student_phase(s, teacher["model"], population=True) for s in specs]
-    phase = population.stack([m for m in members for _ in learning_rates],
-                             list(learning_rates) * seeds)
-    state = phase.state
-    if method.trained:
-        state = train(phase, specs[0], [s.student.seed for s in specs], len(learning_rates))
-    scores = score(phase, state, specs[0], teacher["test"], pc_kwargs)
-    del scores["test"]
-    scores = {k: v.reshape(seeds, len(learning_rates)) for k, v in scores.items()}
+def at_rate(phase: build.Phase, lr: float) -> build.Phase:
+    """`phase` (built with ``population=True`` at learning rate 1) training at rate `lr`."""
+    *opt_state, scale = phase.state.opt_state
+    scale = scale._replace(hyperparams={"step_size": jnp.asarray(lr, jnp.float32)})
+    return dataclasses.replace(phase, state=phase.state.replace(opt_state=(*opt_state, scale)))
+
+
+def member_path(workdir: str, seed: int, lr: float | None) -> str:
+    return os.path.join(workdir, f"seed{seed}_lr{lr}", "scores.pkl")
+
+
+def run_method(method: Method, teacher: dict, dataset: str, seeds, learning_rates, budget: dict,
+               mesh, workdir: str, *, protocol: str = "class_unaware", pc_kwargs=None) -> dict:
+    """One row: every (seed, learning rate) member of `method` trained alone, each in its own
+    directory of `workdir` (kept there: a rerun reuses finished members); the scores of the
+    learning rate with the best mean validation score, per seed."""
+    lrs = tuple(learning_rates) if method.trained else (None,)
+    shared = {}
+
+    def member(seed, lr):
+        start = time.perf_counter()
+        spec = resolve(method_config(dataset, method, seed=seed, protocol=protocol, **budget),
+                       mesh)
+        phase = build.student_phase(spec, teacher["model"], population=True)
+        # The members' configs differ only in the seed (the rate is a factor in the state), so
+        # they share one step and one forward, each compiled once.
+        shared.setdefault("step", phase.step)
+        shared.setdefault("forward", build.jit_forward(phase.forward, mesh))
+        state = phase.state
+        if lr is not None:
+            directory = os.path.dirname(member_path(workdir, seed, lr))
+            state = train(spec, dataclasses.replace(at_rate(phase, lr), step=shared["step"]),
+                          directory)
+            shutil.rmtree(os.path.join(directory, phase.spec.name, "checkpoints"))
+        scores, _ = score(spec, shared["forward"], state_lib.export_variables(state),
+                          teacher["test"], pc_kwargs)
+        return {"scores": scores, "seconds": time.perf_counter() - start}
+
+    members = {(s, lr): cached(member_path(workdir, s, lr), lambda s=s, lr=lr: member(s, lr))
+               for s in seeds for lr in lrs}
+    scores = {k: np.array([[members[s, lr]["scores"][k] for lr in lrs] for s in seeds])
+              for k in members[seeds[0], lrs[0]]["scores"]}
     by_labels = protocol == "class_aware" or method.loss is None
     selection = "validation_top1" if by_labels else "validation_probe"
-    best = int(np.argmax(scores[selection].mean(axis=0))) if method.trained else 0
-    row = {"scores": {k: v[:, best] for k, v in scores.items()},
-           "lr": learning_rates[best] if method.trained else None,
-           "seconds": time.perf_counter() - start, "device": jax.devices()[0].device_kind}
+    best = int(np.argmax(scores[selection].mean(axis=0)))
+    row = {"scores": {k: v[:, best] for k, v in scores.items()}, "lr": lrs[best],
+           "seeds": tuple(seeds), "seconds": sum(m["seconds"] for m in members.values()),
+           "device": jax.devices()[0].device_kind}
     print(f"{method.label}: lr {row['lr']}, test top-1 {100 * row['scores']['top1'].mean():.2f}%"
           f", probe {100 * row['scores']['probe'].mean():.2f}%, pc_score "
           f"{row['scores']['pc_score'].mean():.4f} ({row['seconds']:.0f} s)", flush=True)
     return row
 
 
-def run(dataset: str, seeds: int, learning_rates: tuple[float, ...], steps: int,
+def kept(method: Method, workdir: str, seeds, learning_rates) -> bool:
+    lrs = learning_rates if method.trained else (None,)
+    return all(os.path.exists(member_path(workdir, s, lr)) for s in seeds for lr in lrs)
+
+
+def run(dataset: str, seeds, learning_rates: tuple[float, ...], steps: int,
         teacher_steps: int, batch_size: int, *, protocol: str = "class_unaware",
         rows: list[str] | None = None, workdir: str | None = None,
-        kept_only: bool = False) -> dict:
+        kept_only: bool = False, teacher_seed: int = TEACHER_SEED) -> dict:
     """Trains the teacher and every method (or the `rows` slugs); returns the table's numbers.
 
-    With a `workdir`, the teacher and each row are kept there and reused by later runs;
-    `kept_only` reports only the rows kept there and trains none."""
+    Every run lives in `workdir` (default: a temporary directory), where later runs reuse it;
+    `kept_only` reports only the rows whose runs are all kept there and trains none."""
     mesh = sharding.make_mesh(1)
     budget = dict(steps=steps, teacher_steps=teacher_steps, batch_size=batch_size)
-    teacher = train_teacher(dataset, budget, mesh, workdir)
-    results = {"teacher": {k: teacher[k] for k in ("scores", "lr", "seconds")}}
-    for method in METHODS[protocol]:
-        if rows is not None and method.slug not in rows:
-            continue
-        path = workdir and os.path.join(workdir, protocol, f"{method.slug}.pkl")
-        if kept_only and not os.path.exists(path):
-            continue
-        results[method.label] = cached(path, lambda m=method: run_method(
-            m, teacher, dataset, seeds, learning_rates, budget, mesh, protocol=protocol))
+    with tempfile.TemporaryDirectory() as temporary:
+        workdir = workdir or temporary
+        teacher = train_teacher(dataset, budget, mesh, workdir, teacher_seed)
+        results = {"teacher": {k: teacher[k] for k in ("scores", "lr", "seconds")}}
+        for method in METHODS[protocol]:
+            directory = os.path.join(workdir, protocol, method.slug)
+            if (rows is not None and method.slug not in rows) or (
+                    kept_only and not kept(method, directory, seeds, learning_rates)):
+                continue
+            results[method.label] = run_method(method, teacher, dataset, seeds, learning_rates,
+                                               budget, mesh, directory, protocol=protocol)
     return results
 
 
@@ -283,30 +299,30 @@ def cell(values, percent: bool) -> str:
     return f"{scale * values.mean():.{digits}f} ± {scale * values.std(ddof=1):.{digits}f}"
 
 
-def compare(ours: dict, theirs: dict, key: str) -> str:
-    """"wins over", "ties with" or "loses to": a difference of means larger than
-    sqrt(std_a^2 + std_b^2) (the spread of the difference of two single runs) decides."""
-    diff = ours[key].mean() - theirs[key].mean()
-    noise = np.hypot(ours[key].std(ddof=1), theirs[key].std(ddof=1))
-    return "wins over" if diff > noise else "loses to" if diff < -noise else "ties with"
+REFERENCE = "perception coherence (mse)"
 
 
-def verdicts(results: dict, protocol: str) -> list[str]:
-    """Where each perception coherence variant wins, ties or loses against each other method."""
-    keys = ({"top1": "top-1"} if protocol == "class_aware"
-            else {"probe": "linear probe", "knn": "kNN", "pc_score": "pc_score"})
-    ours = [label for label in results if label.startswith("perception coherence")]
-    others = [label for label in results if label != "teacher" and label not in ours
-              and not label.startswith("supervised")]
-    lines = []
-    for label in ours:
-        for key, name in keys.items():
-            outcome = {"wins over": [], "ties with": [], "loses to": []}
-            for other in others:
-                outcome[compare(results[label]["scores"], results[other]["scores"], key)].append(
-                    other)
-            parts = [f"{word} {', '.join(names)}" for word, names in outcome.items() if names]
-            lines.append(f"- {label}, {name}: {'; '.join(parts)}.")
+def against(results: dict, keys: dict[str, str]) -> list[str]:
+    """The paired table: for every row, REFERENCE minus the row over their common seeds (mean and
+    95% t-interval, in points for percentages) and REFERENCE's verdict."""
+    if REFERENCE not in results:
+        return [f"No {REFERENCE} row to compare with."]
+    ref = results[REFERENCE]
+    lines = [f"| {REFERENCE} minus | " + " | ".join(keys.values()) + " |",
+             "|---|" + "---|" * len(keys)]
+    for label, row in results.items():
+        if label in ("teacher", REFERENCE):
+            continue
+        seeds = [s for s in ref["seeds"] if s in row["seeds"]]
+        cells = []
+        for key in keys:
+            a, b = ([r["scores"][key][list(r["seeds"]).index(s)] for s in seeds]
+                    for r in (ref, row))
+            scale, digits = (1.0, 4) if key == "pc_score" else (100.0, 2)
+            mean, low, high = (scale * x for x in paired.interval(a, b))
+            cells.append(f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] "
+                         f"{paired.verdict(low, high)}")
+        lines.append(f"| {label} ({len(seeds)} seeds) | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -329,16 +345,18 @@ def markdown(dataset: str, results: dict, args, load: tuple[float, float], secon
         f"{teacher_name} -> {student_name}",
         "",
         f"`python benchmarks/transfer.py --dataset {dataset} --protocol {args.protocol} --seeds "
-        f"{args.seeds} --steps {args.steps} --teacher_steps {args.teacher_steps} --batch_size "
-        f"{args.batch_size} --learning_rates {lrs.replace(',', '')}`",
+        f"{args.seeds_text} --teacher_seed {args.teacher_seed} --steps {args.steps} "
+        f"--teacher_steps {args.teacher_steps} --batch_size {args.batch_size} --learning_rates "
+        f"{lrs.replace(',', '')}`",
         "",
         f"Students train on {TRAIN} for {args.steps} adamw steps of batch {args.batch_size} "
         + ("with cross-entropy + beta * their transfer loss; " if aware else
            "with their transfer loss alone (no labels); ")
         + f"the learning rate is chosen per method from {{{lrs}}} by mean validation "
         + ("top-1" if aware else "linear-probe accuracy (top-1 for the supervised student)")
-        + f" on {VALIDATION}. Test split: {TEST}. Mean ± std (ddof=1) over {args.seeds} seeds; "
-        f"the teacher is one model ({args.teacher_steps} steps, lr {TEACHER_LR}). Linear probe: "
+        + f" on {VALIDATION}. Test split: {TEST}. Mean ± std (ddof=1) over seeds "
+        f"{args.seeds_text}; the teacher is one model (seed {args.teacher_seed}, "
+        f"{args.teacher_steps} steps, lr {TEACHER_LR}). Linear probe: "
         f"L-BFGS logistic regression on standardized frozen features; kNN: k={knn_k}, cosine, "
         "weighted vote; pc_score: mean Spearman correlation of the student's and teacher's "
         "test-set dissimilarity rankings. Top-1 is only meaningful for models trained with labels.",
@@ -357,12 +375,15 @@ def markdown(dataset: str, results: dict, args, load: tuple[float, float], secon
             f"{'—' if label == 'teacher' else cell(scores['pc_score'], False)} | "
             f"{cell(scores['validation_top1' if aware else 'validation_probe'], True)} |"
         )
+    keys = ({"top1": "top-1 (points)"} if aware else {
+        "probe": "linear probe (points)", "knn": "kNN (points)", "pc_score": "pc_score"})
     lines += [
         "",
-        "Perception coherence against the other methods (win/loss: difference of means larger "
-        "than the root sum of squares of the two stds):",
+        f"{REFERENCE} against every row, paired over the same seeds (same initialization and "
+        "batch order): the mean difference with its 95% t-interval; it wins or loses only when "
+        "the interval excludes 0, else it ties.",
         "",
-        *verdicts(results, args.protocol),
+        *against(results, keys),
         "",
         timing(results, seconds, load),
     ]
@@ -373,13 +394,33 @@ def markdown(dataset: str, results: dict, args, load: tuple[float, float], secon
 
 
 DEFAULT_STEPS = {"digits": 600, "mnist1d": 1000}
+SEEDS_HELP = "a count N (seeds 0..N-1), a range a:b (seeds a..b-1) or a list of seeds"
+
+
+def parse_seeds(parser, args) -> None:
+    """Sets ``args.seeds`` (a tuple) and ``args.seeds_text`` (as given) from ``--seeds``."""
+    text = " ".join(args.seeds)
+    try:
+        if len(args.seeds) > 1:
+            seeds = tuple(int(t) for t in args.seeds)
+        elif ":" in text:
+            seeds = tuple(range(*(int(t) for t in text.split(":"))))
+        else:
+            seeds = tuple(range(int(text)))
+    except (TypeError, ValueError):
+        parser.error(f"--seeds: {SEEDS_HELP}; got {text!r}")
+    if len(set(seeds)) != len(seeds) or len(seeds) < 2 or min(seeds) < 0:
+        parser.error(f"--seeds must name at least 2 distinct seeds >= 0 (the table reports a "
+                     f"standard deviation and a t-interval), got {text!r}")
+    args.seeds, args.seeds_text = seeds, text
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=sorted(MODELS), required=True)
     parser.add_argument("--protocol", choices=PROTOCOLS, default="class_unaware")
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", nargs="+", default=["5"], help=SEEDS_HELP)
+    parser.add_argument("--teacher_seed", type=int, default=TEACHER_SEED)
     parser.add_argument("--steps", type=int, default=None,
                         help="student steps (default: %s)" % DEFAULT_STEPS)
     parser.add_argument("--teacher_steps", type=int, default=1500)
@@ -396,20 +437,19 @@ def main():
                         "benchmarks/results/transfer_<dataset>[_class_aware].md)")
     args = parser.parse_args()
     args.steps = args.steps or DEFAULT_STEPS[args.dataset]
-    if args.seeds < 2:
-        parser.error("--seeds must be at least 2 (the table reports a standard deviation)")
+    parse_seeds(parser, args)
     slugs = [m.slug for m in METHODS[args.protocol]]
     if args.rows is not None and (not args.workdir or set(args.rows) - set(slugs)):
         parser.error(f"--rows needs --workdir and names from {slugs}")
     if args.kept_only and not args.workdir:
         parser.error("--kept_only needs --workdir")
     workdir = args.workdir and os.path.join(args.workdir, args.dataset)
-    check_workdir(parser, args, workdir, args.protocol, ("seeds", "learning_rates"))
+    check_workdir(parser, args, workdir, args.protocol)
     load_start = os.getloadavg()[0]
     start = time.perf_counter()
     results = run(args.dataset, args.seeds, tuple(args.learning_rates), args.steps,
                   args.teacher_steps, args.batch_size, protocol=args.protocol, rows=args.rows,
-                  workdir=workdir, kept_only=args.kept_only)
+                  workdir=workdir, kept_only=args.kept_only, teacher_seed=args.teacher_seed)
     if args.rows is not None:
         return
     table = markdown(args.dataset, results, args, (load_start, os.getloadavg()[0]),

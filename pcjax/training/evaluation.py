@@ -7,7 +7,7 @@ input pipeline; the padding rows are dropped with the batch mask so every exampl
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Generator
+from typing import Callable, Generator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -93,3 +93,54 @@ def coherence(
             chunk_size=chunk_size or None,
         )
     )
+
+
+def evaluate(
+    predict: Callable[[str], dict[str, np.ndarray]],
+    splits: Sequence[str],
+    *,
+    probe_split: str,
+    knn_k: int,
+    num_classes: int,
+    teacher: Mapping[str, dict[str, np.ndarray]] | None = None,
+    chunk_size: int = 0,
+    dissimilarities: Mapping[str, str] | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, np.ndarray]]]:
+    """Scores of one frozen model on each of `splits`, as train.py's final evaluation makes them.
+
+    Args:
+      predict: ``predict(split)`` -> the model's `predict` result on that split; called once per
+        distinct split (`probe_split` and `splits`).
+      splits: the splits to score.
+      probe_split: the split the linear probe and kNN are fitted on.
+      knn_k, num_classes: as in `feature_quality`.
+      teacher: the teacher's `predict` results by split; a split found there also gets pc_score.
+      chunk_size, dissimilarities: as in `coherence` (default: euclidean on both sides).
+
+    Returns:
+      ({split: {"top1", "linear_probe", "knn"[, "pc_score"]}}, {split: predict result}).
+
+    Examples:
+      >>> rng = np.random.default_rng(0)
+      >>> label = np.arange(40) % 2
+      >>> def predict(split):
+      ...     features = rng.normal(size=(40, 3)) + 5.0 * (2 * label[:, None] - 1)
+      ...     return {"features": features, "logits": features[:, :2], "label": label}
+      >>> scores, preds = evaluate(predict, ["test"], probe_split="train", knn_k=5,
+      ...                          num_classes=2)
+      >>> print(sorted(scores["test"]), round(scores["test"]["knn"], 2))
+      ['knn', 'linear_probe', 'top1'] 1.0
+    """
+    preds = {split: predict(split) for split in dict.fromkeys((probe_split, *splits))}
+    scores = {}
+    for split in splits:
+        scores[split] = {
+            "top1": top1(preds[split]),
+            **feature_quality(preds[probe_split], preds[split], knn_k=knn_k,
+                              num_classes=num_classes),
+        }
+        if teacher is not None and split in teacher:
+            scores[split]["pc_score"] = coherence(preds[split], teacher[split],
+                                                  chunk_size=chunk_size,
+                                                  **(dissimilarities or {}))
+    return scores, preds

@@ -124,20 +124,17 @@ def evaluate(ctx: Context, teacher: Model, student: Model) -> dict[str, float]:
     score on the eval split; pc_score compares student and teacher features over the eval split.
     """
     spec = ctx.spec
-    results, preds = {}, {}
+    results, teacher_preds = {}, None
     for name, model in ((TEACHER, teacher), (STUDENT, student)):
         forward = ctx.jit_forward(model.forward)
-        test = evaluation.predict(forward, model.variables, ctx.eval_batches(spec.eval_split))
-        train = evaluation.predict(forward, model.variables, ctx.eval_batches(spec.probe_split))
-        preds[name] = test
-        results[f"{name}/top1"] = evaluation.top1(test)
-        for k, v in evaluation.feature_quality(
-            train, test, knn_k=spec.knn_k, num_classes=spec.dataset.num_classes
-        ).items():
-            results[f"{name}/{k}"] = v
-    results["student/pc_score"] = evaluation.coherence(
-        preds[STUDENT], preds[TEACHER], chunk_size=spec.pc_chunk_size, **spec.pc_dissimilarities
-    )
+        scores, preds = evaluation.evaluate(
+            lambda split, f=forward, m=model: evaluation.predict(f, m.variables,
+                                                                 ctx.eval_batches(split)),
+            [spec.eval_split], probe_split=spec.probe_split, knn_k=spec.knn_k,
+            num_classes=spec.dataset.num_classes, teacher=teacher_preds,
+            chunk_size=spec.pc_chunk_size, dissimilarities=spec.pc_dissimilarities)
+        results.update({f"{name}/{k}": v for k, v in scores[spec.eval_split].items()})
+        teacher_preds = preds
     return results
 
 
