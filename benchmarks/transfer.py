@@ -52,7 +52,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import paired
@@ -207,7 +206,8 @@ def train_teacher(dataset: str, budget: dict, mesh, workdir: str,
 def at_rate(phase: build.Phase, lr: float) -> build.Phase:
     """`phase` (built with ``population=True`` at learning rate 1) training at rate `lr`."""
     *opt_state, scale = phase.state.opt_state
-    scale = scale._replace(hyperparams={"step_size": jnp.asarray(lr, jnp.float32)})
+    factor = jax.device_put(np.float32(lr), scale.hyperparams["step_size"].sharding)
+    scale = scale._replace(hyperparams={"step_size": factor})
     return dataclasses.replace(phase, state=phase.state.replace(opt_state=(*opt_state, scale)))
 
 
