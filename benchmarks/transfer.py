@@ -258,11 +258,6 @@ def run_method(method: Method, teacher: dict, dataset: str, seeds, learning_rate
     return row
 
 
-def kept(method: Method, workdir: str, seeds, learning_rates) -> bool:
-    lrs = learning_rates if method.trained else (None,)
-    return all(os.path.exists(member_path(workdir, s, lr)) for s in seeds for lr in lrs)
-
-
 def run(dataset: str, seeds, learning_rates: tuple[float, ...], steps: int,
         teacher_steps: int, batch_size: int, *, protocol: str = "class_unaware",
         rows: list[str] | None = None, workdir: str | None = None,
@@ -279,8 +274,9 @@ def run(dataset: str, seeds, learning_rates: tuple[float, ...], steps: int,
         results = {"teacher": {k: teacher[k] for k in ("scores", "lr", "seconds")}}
         for method in METHODS[protocol]:
             directory = os.path.join(workdir, protocol, method.slug)
-            if (rows is not None and method.slug not in rows) or (
-                    kept_only and not kept(method, directory, seeds, learning_rates)):
+            lrs = learning_rates if method.trained else (None,)
+            if (rows is not None and method.slug not in rows) or (kept_only and not all(
+                    os.path.exists(member_path(directory, s, lr)) for s in seeds for lr in lrs)):
                 continue
             results[method.label] = run_method(method, teacher, dataset, seeds, learning_rates,
                                                budget, mesh, directory, protocol=protocol)
@@ -354,8 +350,8 @@ def markdown(dataset: str, results: dict, args, load: tuple[float, float], secon
            "with their transfer loss alone (no labels); ")
         + f"the learning rate is chosen per method from {{{lrs}}} by mean validation "
         + ("top-1" if aware else "linear-probe accuracy (top-1 for the supervised student)")
-        + f" on {VALIDATION}. Test split: {TEST}. Mean ± std (ddof=1) over seeds "
-        f"{args.seeds_text}; the teacher is one model (seed {args.teacher_seed}, "
+        + f" on {VALIDATION}. Test split: {TEST}. Mean ± std (ddof=1) over the "
+        f"{len(args.seeds)} seeds {', '.join(map(str, args.seeds))}; the teacher is one model (seed {args.teacher_seed}, "
         f"{args.teacher_steps} steps, lr {TEACHER_LR}). Linear probe: "
         f"L-BFGS logistic regression on standardized frozen features; kNN: k={knn_k}, cosine, "
         "weighted vote; pc_score: mean Spearman correlation of the student's and teacher's "

@@ -57,21 +57,6 @@ def top1(pred: dict[str, np.ndarray]) -> float:
     return float(metrics.accuracy(pred["logits"], pred["label"]))
 
 
-def feature_quality(
-    train: dict[str, np.ndarray], test: dict[str, np.ndarray], *, knn_k: int, num_classes: int
-) -> dict[str, float]:
-    """Linear-probe and kNN top-1 of frozen features: fit on `train`, score on `test`, in [0, 1].
-
-    The probe is `metrics.linear_probe_accuracy` (L2-regularized multinomial logistic regression
-    on standardized features); kNN is `metrics.knn_accuracy` with `knn_k` neighbours.
-    """
-    args = (train["features"], train["label"], test["features"], test["label"])
-    return {
-        "linear_probe": float(_linear_probe(*args, num_classes=num_classes)),
-        "knn": float(_knn(*args, k=knn_k, num_classes=num_classes)),
-    }
-
-
 def coherence(
     student: dict[str, np.ndarray],
     teacher: dict[str, np.ndarray],
@@ -112,8 +97,11 @@ def evaluate(
       predict: ``predict(split)`` -> the model's `predict` result on that split; called once per
         distinct split (`probe_split` and `splits`).
       splits: the splits to score.
-      probe_split: the split the linear probe and kNN are fitted on.
-      knn_k, num_classes: as in `feature_quality`.
+      probe_split: the split the linear probe (`metrics.linear_probe_accuracy`: L2-regularized
+        multinomial logistic regression on standardized features) and kNN
+        (`metrics.knn_accuracy`, `knn_k` neighbours) are fitted on.
+      knn_k: the kNN's number of neighbours.
+      num_classes: the number of classes of the labels.
       teacher: the teacher's `predict` results by split; a split found there also gets pc_score.
       chunk_size, dissimilarities: as in `coherence` (default: euclidean on both sides).
 
@@ -134,10 +122,12 @@ def evaluate(
     preds = {split: predict(split) for split in dict.fromkeys((probe_split, *splits))}
     scores = {}
     for split in splits:
+        fit, test = preds[probe_split], preds[split]
+        args = (fit["features"], fit["label"], test["features"], test["label"])
         scores[split] = {
-            "top1": top1(preds[split]),
-            **feature_quality(preds[probe_split], preds[split], knn_k=knn_k,
-                              num_classes=num_classes),
+            "top1": top1(test),
+            "linear_probe": float(_linear_probe(*args, num_classes=num_classes)),
+            "knn": float(_knn(*args, k=knn_k, num_classes=num_classes)),
         }
         if teacher is not None and split in teacher:
             scores[split]["pc_score"] = coherence(preds[split], teacher[split],
