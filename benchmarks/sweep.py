@@ -67,10 +67,11 @@ def markdown(all_results: dict, args, seconds: float) -> str:
         f"{args.seeds_text} --teacher_seed {args.teacher_seed}`",
         "",
         "One setting changed at a time from the default (mse, l2, eps 1, euclidean / euclidean); "
-        f"mean ± std over the seeds {', '.join(map(str, args.seeds))}; learning rate {LEARNING_RATES} (adamw, "
-        "constant); budget and splits of benchmarks/transfer.py; pc_score with euclidean "
-        "dissimilarities. 'vs default': the setting minus the default, paired over the same "
-        "seeds, wins or loses when its 95% t-interval excludes 0 (linear probe; pc_score).",
+        f"mean ± std over the seeds {', '.join(map(str, args.seeds))}; learning rate "
+        f"{LEARNING_RATES} (adamw, constant); budget and splits of benchmarks/transfer.py; "
+        "pc_score with euclidean dissimilarities. 'vs default': the setting minus the default, "
+        "paired over the same seeds, wins or loses when its 95% t-interval excludes 0 (linear "
+        "probe; pc_score).",
     ]
     for dataset, results in all_results.items():
         default = results["default"]["scores"]

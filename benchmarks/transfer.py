@@ -351,8 +351,8 @@ def markdown(dataset: str, results: dict, args, load: tuple[float, float], secon
         + f"the learning rate is chosen per method from {{{lrs}}} by mean validation "
         + ("top-1" if aware else "linear-probe accuracy (top-1 for the supervised student)")
         + f" on {VALIDATION}. Test split: {TEST}. Mean ± std (ddof=1) over the "
-        f"{len(args.seeds)} seeds {', '.join(map(str, args.seeds))}; the teacher is one model (seed {args.teacher_seed}, "
-        f"{args.teacher_steps} steps, lr {TEACHER_LR}). Linear probe: "
+        f"{len(args.seeds)} seeds {', '.join(map(str, args.seeds))}; the teacher is one model "
+        f"(seed {args.teacher_seed}, {args.teacher_steps} steps, lr {TEACHER_LR}). Linear probe: "
         f"L-BFGS logistic regression on standardized frozen features; kNN: k={knn_k}, cosine, "
         "weighted vote; pc_score: mean Spearman correlation of the student's and teacher's "
         "test-set dissimilarity rankings. Top-1 is only meaningful for models trained with labels.",
