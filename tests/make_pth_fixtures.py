@@ -3,7 +3,7 @@
     python -m venv /tmp/torch && /tmp/torch/bin/pip install torch numpy
     /tmp/torch/bin/python tests/make_pth_fixtures.py
 
-Files (1.5 MB):
+Files (1.6 MB):
 
 * ``tensors.pth`` (zip format) and ``tensors_legacy.pth`` (``_use_new_zipfile_serialization=
   False``): one checkpoint holding float64/float32/float16/bfloat16/int64/int32/int8/uint8/bool
@@ -16,12 +16,16 @@ Files (1.5 MB):
   ``optimizer`` after one SGD step) of a CIFAR-100 resnet8 with tests/reference_weights.py's
   weights (seed 1);
   ``wrn_16_1_last_half_legacy.pth``: RepDistiller's ``*_last.pth`` layout (``opt``, ``model``;
-  its ``optimizer`` left out for size) in the legacy format, float16 weights under nn.DataParallel's ``module.``;
+  its ``optimizer`` left out for size) in the legacy format, float16 weights under
+  nn.DataParallel's ``module.`` prefix;
 * ``layouts.json``: the state_dict layout (name, shape, dtype) of every architecture the converter
   maps, from tests/torch_references.py;
 * ``outputs.npz``: the input images and each architecture's PyTorch features and logits with the
   reference weights (seed 0), ``wrn_16_1_half/...`` with the float16 weights and
   ``resnet8_cifar100/...`` of the CIFAR-100 checkpoint on ``cifar100_images``.
+
+A rerun with the same torch writes the same bytes, except the legacy files' storage keys (torch
+names them by memory address).
 """
 
 import argparse

@@ -219,7 +219,8 @@ def test_a_pickle_that_calls_os_system_is_refused_and_runs_nothing(tmp_path):
 
 @pytest.mark.parametrize("module, name", [
     ("builtins", "eval"), ("subprocess", "Popen"), ("numpy", "load"),
-    ("collections", "OrderedDict.fromkeys"), ("torch", "load"), ("torch._utils", "_rebuild_qtensor"),
+    ("collections", "OrderedDict.fromkeys"), ("torch", "load"),
+    ("torch._utils", "_rebuild_qtensor"),
 ])
 def test_every_unknown_global_is_refused(tmp_path, module, name):
     path = str(tmp_path / "g.pth")

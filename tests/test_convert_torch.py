@@ -88,7 +88,8 @@ def _random_checkpoint(rng):
     tensors = {}
     for i in range(40):
         shape = tuple(int(n) for n in rng.integers(1, 6, size=rng.integers(0, 4)))
-        base = torch.from_numpy(np.asarray(rng.normal(size=shape) * 100)).to(dtypes[i % len(dtypes)])
+        values = np.asarray(rng.normal(size=shape) * 100)
+        base = torch.from_numpy(values).to(dtypes[i % len(dtypes)])
         if base.ndim >= 2 and rng.random() < 0.5:
             base = base.transpose(0, base.ndim - 1)
         if base.ndim >= 1 and base.shape[0] > 1 and rng.random() < 0.5:
