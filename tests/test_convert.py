@@ -247,7 +247,7 @@ def test_empty_random_and_foreign_files_get_one_line(tmp_path):
         "empty.pth": (b"", "empty file, not a PyTorch checkpoint"),
         "random.pth": (np.random.default_rng(0).bytes(4096), "not a PyTorch checkpoint (neither"),
         "random_zip.pth": (b"PK\x03\x04" + np.random.default_rng(1).bytes(4096),
-                           "not a readable PyTorch checkpoint (BadZipFile"),
+                           "a truncated or damaged zip archive (BadZipFile"),
         "text.pth": (b'{"model": 1}\n', "not a PyTorch checkpoint (neither"),
         "plain_pickle.pth": (pickle.dumps({"model": {}}), "not a PyTorch checkpoint (neither"),
     }
@@ -266,13 +266,17 @@ def test_empty_random_and_foreign_files_get_one_line(tmp_path):
                                   "wrn_16_1_last_half_legacy.pth"])
 def test_truncated_files_get_one_line(tmp_path, name):
     data = open(fixture(name), "rb").read()
+    messages = []
     for cut in (1, 100, len(data) // 3, len(data) // 2, len(data) - 1):
         path = str(tmp_path / f"cut{cut}.pth")
         with open(path, "wb") as f:
             f.write(data[:cut])
-        _one_line_error(lambda: pth.read_pth(path), path)
+        messages.append(_one_line_error(lambda: pth.read_pth(path), path))
+    assert "not a PyTorch checkpoint (neither" in messages[0]  # not even the format's magic
     if "legacy" in name:  # cut inside the last storage: the reader says how much is missing
-        assert "truncated: storage " in _one_line_error(lambda: pth.read_pth(path), path)
+        assert "truncated: storage " in messages[-1]
+    else:
+        assert all("a truncated or damaged zip archive" in m for m in messages[1:])
 
 
 def test_damaged_zip_records_and_malformed_views_get_one_line(tmp_path):

@@ -277,4 +277,6 @@ def read_pth(path: str) -> Any:
         raise PthError(f"{path}: {e}") from None
     except _DAMAGE as e:
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        raise PthError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+        what = ("a truncated or damaged zip archive" if isinstance(e, zipfile.BadZipFile)
+                else "not a readable PyTorch checkpoint")
+        raise PthError(f"{path}: {what} ({reason})") from None
