@@ -26,7 +26,7 @@ import reference_weights
 from pcjax import convert
 from pcjax.convert import __main__ as cli
 from pcjax.convert import pth
-from pcjax.training import base_config, make_mesh, trainer
+from pcjax.training import base_config, loop, make_mesh, resolve, trainer
 from pcjax.training import logging as log_lib
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "pth")
@@ -515,7 +515,8 @@ def test_trainer_loads_the_export_as_train_py_does_and_prints_its_top1(
     config.dataset = "cifar100"
     config.teacher.model = "resnet8"
     config.teacher.checkpoint = str(converted)
-    ctx = trainer.Context(config, str(tmp_path), make_mesh(), log_lib.MetricWriter(str(tmp_path)))
+    spec = resolve(config, make_mesh(), num_train_examples=50000)
+    ctx = loop.Context(spec, str(tmp_path), log_lib.MetricWriter(str(tmp_path)))
     batch = {"image": images, "label": labels.astype(np.int32), "mask": np.ones(8, np.int32)}
     ctx.eval_batches = lambda split: (b for b in [batch])  # stands in for the CIFAR-100 test split
 

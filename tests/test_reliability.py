@@ -98,7 +98,7 @@ def damage(directory):
           "student.train.batch_size: 16 -> 32"]),
         # A loss option given on the command line is part of the run.
         (["--config.distill.loss_kwargs.regularization_strength", "2"],
-         ["distill.loss_kwargs.regularization_strength: '(absent)' -> 2"]),
+         ["distill.loss_kwargs.regularization_strength: 1.0 -> 2.0"]),
         # Another state structure (a projection head, no momentum): refused before any restore.
         (["--config.distill.loss=fitnet", "--config.student.train.optimizer.name=sgd"],
          ["distill.loss: 'perception_coherence' -> 'fitnet'",
