@@ -20,7 +20,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from pcjax.dissimilarity import Dissimilarity, check_dissimilarity, pairwise_dissimilarity
 from pcjax.losses._checks import check_pair
@@ -164,24 +164,17 @@ def _local_sums(student, teacher, valid, axis_name, options):
     )
 
 
-def _mesh_batch_axes(x, batch: int):
-    """Mesh axes to split the reference rows over under a global-view jit, or None.
+def _explicit_batch_axes(*arrays):
+    """(mesh, axes) of the first array whose own type shards its batch over Explicit axes, or None.
 
-    Explicit axes: those the batch dimension of x is sharded over in its type. Otherwise the Auto
-    axes of the current mesh (``jax.set_mesh``), when they divide the batch evenly.
+    Only the operands' types are read, never the ambient mesh: the loss is a pure function.
     """
-    spec = jax.typeof(x).sharding.spec
-    if len(spec) and spec[0] is not None:
-        return tuple(spec[0]) if isinstance(spec[0], tuple) else (spec[0],)
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return None
-    axes = tuple(
-        name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind == AxisType.Auto
-    )
-    if not axes or batch % math.prod(mesh.shape[name] for name in axes):
-        return None
-    return axes
+    for x in arrays:
+        sharding = jax.typeof(x).sharding
+        axes = sharding.spec[0] if len(sharding.spec) else None
+        if axes is not None:
+            return sharding.mesh, tuple(axes) if isinstance(axes, tuple) else (axes,)
+    return None
 
 
 def perception_coherence_loss(
@@ -225,14 +218,15 @@ def perception_coherence_loss(
     the gradient of the psum right; batch split over that axis), each device's rows are its
     references and the compared set is the all-gathered global batch; sums and counts are
     ``psum``-ed, so the result (and its gradient) is the loss of the global batch. Without
-    ``axis_name`` under ``jax.jit`` on a mesh, the same happens through an internal
-    ``jax.shard_map`` over the batch axes: with Explicit axes (``jax.set_mesh(mesh)``) those the
-    features' type shards the batch over, with Auto axes all the current mesh's Auto axes (when
-    they divide the batch). Either way a device holds B/N x B matrices and sorts B/N rows of
-    length B: O(B/N * B log B) time, O(B/N * B) memory.
+    ``axis_name`` the loss reads no ambient state (no ``jax.set_mesh`` needed): features whose
+    type shards the batch over Explicit mesh axes get the same split through an internal
+    ``jax.shard_map`` over those axes of their own mesh; other inputs (replicated, Auto axes) run
+    as one global computation that XLA partitions as it sees fit. With the split a device holds
+    B/N x B matrices and sorts B/N rows of length B: O(B/N * B log B) time, O(B/N * B) memory.
 
     Gradients per device (N devices):
-      - ``jax.jit`` on a mesh: global view; value and gradients are the global batch's.
+      - ``jax.jit`` (any mesh, axis types and shardings): global view; value and gradients are
+        the global batch's.
       - ``jax.shard_map`` with ``axis_name``: the gradient of a device's rows is the global-batch
         gradient of those rows; replicated (``P()``) parameters get the global gradient with no
         reduction (shard_map sums the transpose of their broadcast).
@@ -284,27 +278,31 @@ def perception_coherence_loss(
         total, count = _local_sums(student, teacher, valid, axis_name, options)
         total = jax.lax.psum(total, axis_name)
         count = jax.lax.psum(count, axis_name)
-    elif (axes := _mesh_batch_axes(student, batch)) is None:
+    elif (found := _explicit_batch_axes(student, teacher)) is None:
         rows = jnp.arange(batch)
         total, count = _row_losses(student, teacher, rows, valid, student, teacher, valid, **options)
     else:
+        mesh, axes = found
         spec = PartitionSpec(axes)
-        if jax.typeof(student).sharding.spec[0] is not None:
-            # Explicit axes: shard_map's in_specs must match the operands' types.
-            student, teacher, valid = (
-                jax.sharding.reshard(x, spec) for x in (student, teacher, valid)
-            )
 
         def local(student, teacher, valid):
             return tuple(x[None] for x in _local_sums(student, teacher, valid, axes, options))
 
-        # Per-device partial sums leave the map sharded and are added outside: the body needs no
-        # psum, hence no replication typing (check_vma), and all_gather's transpose (a
-        # reduce-scatter) gives every device the gradient of the global loss for its rows.
-        totals, counts = jax.shard_map(
-            local, in_specs=(spec, spec, spec), out_specs=(spec, spec), axis_names=set(axes),
-            check_vma=False,
-        )(student, teacher, valid)
+        def split(*operands):
+            # shard_map's in_specs must match the operands' types, hence the reshard.
+            sharding = jax.sharding.NamedSharding(mesh, spec)
+            operands = (jax.sharding.reshard(x, sharding) for x in operands)
+            # Per-device partial sums leave the map sharded and are added outside: the body
+            # needs no psum, hence no replication typing (check_vma), and all_gather's
+            # transpose (a reduce-scatter) gives every device the global loss's gradient for
+            # its rows.
+            return jax.shard_map(
+                local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=(spec, spec),
+                axis_names=set(axes), check_vma=False,
+            )(*operands)
+
+        # jit: the types' mesh is abstract, which eager operations outside jax.set_mesh refuse.
+        totals, counts = jax.jit(split)(student, teacher, valid)
         total, count = jnp.sum(totals), jnp.sum(counts)
     return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0).astype(dtype)
 
