@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from pcjax.dissimilarity import l2_normalize
 from pcjax.losses.perception_coherence import pc_score
 
 __all__ = ["accuracy", "knn_accuracy", "linear_probe_accuracy", "pc_score"]
@@ -73,12 +74,6 @@ def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
     return _fraction(jnp.argmax(logits, axis=-1) == labels, valid)
 
 
-def _unit(x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-    return x / jnp.maximum(norm, 1e-12)
-
-
 def knn_accuracy(
     train_features: jax.Array,
     train_labels: jax.Array,
@@ -133,8 +128,8 @@ def knn_accuracy(
     num_chunks = -(-num_test // chunk)
     padding = num_chunks * chunk - num_test
 
-    train_unit = _unit(train_features)
-    test_unit = jnp.pad(_unit(test_features), ((0, padding), (0, 0)))
+    train_unit = l2_normalize(train_features)
+    test_unit = jnp.pad(l2_normalize(test_features), ((0, padding), (0, 0)))
     train_onehot = jax.nn.one_hot(train_labels, classes, dtype=train_unit.dtype)
 
     def predict(queries):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pcjax.dissimilarity import pairwise_dissimilarity
+from pcjax.dissimilarity import l2_normalize, pairwise_dissimilarity
 from pcjax.losses._checks import check_pair
 
 
@@ -24,13 +24,6 @@ def _safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
     """numerator / denominator, and 0 (with zero gradient) where the denominator is 0."""
     nonzero = denominator != 0
     return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1.0), 0.0)
-
-
-def _normalize_rows(x: jax.Array, eps: float) -> jax.Array:
-    """x / max(||x||, eps) row-wise, as torch.nn.functional.normalize (zero rows stay zero)."""
-    squared_norm = jnp.sum(x * x, axis=-1, keepdims=True)
-    norm = jnp.sqrt(jnp.maximum(squared_norm, eps * eps))
-    return x / norm
 
 
 def kd(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float = 4.0) -> jax.Array:
@@ -47,11 +40,10 @@ def kd(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: flo
     Returns:
       Scalar KL divergence in nats, scaled by T^2.
     """
-    check_pair(
+    student, teacher = _prepare(*check_pair(
         student_logits, teacher_logits, student_name="student_logits",
         teacher_name="teacher_logits", same_width=True,
-    )
-    student, teacher = _prepare(student_logits, teacher_logits)
+    ))
     log_p_student = jax.nn.log_softmax(student / temperature, axis=-1)
     log_p_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
     kl = optax.losses.kl_divergence_with_log_targets(log_p_student, log_p_teacher)
@@ -72,8 +64,7 @@ def fitnet(student_features: jax.Array, teacher_features: jax.Array) -> jax.Arra
       student_features: (B, D) regressed student features.
       teacher_features: (B, D) teacher features.
     """
-    check_pair(student_features, teacher_features, same_width=True)
-    student, teacher = _prepare(student_features, teacher_features)
+    student, teacher = _prepare(*check_pair(student_features, teacher_features, same_width=True))
     return jnp.mean((student - teacher) ** 2)
 
 
@@ -124,8 +115,7 @@ def rkd(
       distance_weight: w_d.
       angle_weight: w_a.
     """
-    check_pair(student_features, teacher_features, min_batch=2)
-    student, teacher = _prepare(student_features, teacher_features)
+    student, teacher = _prepare(*check_pair(student_features, teacher_features, min_batch=2))
     # Huber with delta 1 is torch.nn.functional.smooth_l1_loss with its defaults (beta 1, mean).
     huber = lambda s, t: jnp.mean(optax.losses.huber_loss(s, t))  # noqa: E731
     distance_loss = huber(_rkd_distances(student), _rkd_distances(teacher))
@@ -151,8 +141,7 @@ def pkt(
       teacher_features: (B, Dt) teacher features (widths may differ).
       eps: the stabilizer of the norms and of the logarithm.
     """
-    check_pair(student_features, teacher_features, min_batch=2)
-    student, teacher = _prepare(student_features, teacher_features)
+    student, teacher = _prepare(*check_pair(student_features, teacher_features, min_batch=2))
 
     def probabilities(x: jax.Array) -> jax.Array:
         squared_norm = jnp.sum(x * x, axis=-1, keepdims=True)
@@ -180,11 +169,10 @@ def sp(student_features: jax.Array, teacher_features: jax.Array) -> jax.Array:
       student_features: (B, Ds) student features.
       teacher_features: (B, Dt) teacher features (widths may differ).
     """
-    check_pair(student_features, teacher_features, min_batch=2)
-    student, teacher = _prepare(student_features, teacher_features)
+    student, teacher = _prepare(*check_pair(student_features, teacher_features, min_batch=2))
 
     def similarity(x: jax.Array) -> jax.Array:
-        return _normalize_rows(x @ x.T, eps=1e-12)
+        return l2_normalize(x @ x.T, eps=1e-12)
 
     batch = student.shape[0]
     return jnp.sum((similarity(teacher) - similarity(student)) ** 2) / (batch * batch)
@@ -218,11 +206,10 @@ def cc(student_embedding: jax.Array, teacher_embedding: jax.Array) -> jax.Array:
     Returns:
       Scalar, in squared feature units.
     """
-    check_pair(
+    student, teacher = _prepare(*check_pair(
         student_embedding, teacher_embedding, student_name="student_embedding",
         teacher_name="teacher_embedding", min_batch=2, same_width=True,
-    )
-    student, teacher = _prepare(student_embedding, teacher_embedding)
+    ))
     difference = student - teacher
     delta = jnp.sign(difference) * difference
     return jnp.mean(jnp.sum(delta[:-1] * delta[1:], axis=-1))
