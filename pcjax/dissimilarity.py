@@ -56,7 +56,8 @@ def l2_normalize(x: jax.Array, eps: float = 0.0) -> jax.Array:
 
     Computed on each row rescaled by a power of two (exact), so no norm overflows or
     underflows at any finite scale. A zero row stays zero: with eps = 0 its gradient is 0, with
-    eps > 0 it is 1 / eps (``torch.nn.functional.normalize``). NaN or Inf rows give NaN.
+    eps > 0 it is 1 / eps (``torch.nn.functional.normalize``). A row holding NaN or Inf is
+    all NaN.
 
     Args:
       x: (..., d) features.
@@ -79,7 +80,8 @@ def l2_normalize(x: jax.Array, eps: float = 0.0) -> jax.Array:
     norm = _safe_sqrt(jnp.sum(scaled * scaled, axis=-1, keepdims=True))
     denominator = jnp.maximum(norm, jnp.ldexp(jnp.asarray(eps, x.dtype), -exponent))
     positive = denominator > 0
-    return jnp.where(positive, scaled / jnp.where(positive, denominator, 1.0), 0.0 * x)
+    unit = jnp.where(positive, scaled / jnp.where(positive, denominator, 1.0), 0.0)
+    return unit + 0.0 * denominator  # A NaN or Inf anywhere in a row makes all of it NaN.
 
 
 def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:

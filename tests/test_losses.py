@@ -313,3 +313,61 @@ def test_float64_features_give_float64_results_with_x64(features):
     assert jax.eval_shape(
         perception_coherence_loss, student.astype(np.float64), teacher
     ).dtype == jnp.float32
+
+
+# ----------------------------------------------------------------------------- any finite scale
+
+
+@pytest.mark.parametrize("kind", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+def test_loss_exact_at_huge_and_tiny_feature_scales(features, kind, scale):
+    # Squared distances of features of 1e20 overflow float32 and of 1e-20 underflow it. The
+    # loss is scale-free in both sides, so it must equal the loss at scale 1, and the
+    # gradient, of a function with f(c x) = f(x), must be the scale-1 gradient divided by c.
+    student, teacher = features
+    options = dict(student_dissimilarity=kind, teacher_dissimilarity=kind)
+    loss, grad = jax.value_and_grad(perception_coherence_loss)(student, teacher, **options)
+    scaled_loss, scaled_grad = jax.value_and_grad(perception_coherence_loss)(
+        student * np.float32(scale), teacher * np.float32(scale), **options
+    )
+    assert_close(scaled_loss, loss)
+    assert_close(scaled_grad * scale, grad, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+def test_pc_score_exact_at_huge_and_tiny_feature_scales(features, scale):
+    student, teacher = features
+    c = np.float32(scale)
+    assert_close(pc_score(student * c, teacher * c), pc_score(student, teacher))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_valid_features_give_nan_loss_and_pc_score(features, mask, bad):
+    student, teacher = features
+    for side in (0, 1):
+        broken = [student.copy(), teacher.copy()]
+        broken[side][3, 0] = bad
+        assert np.isnan(perception_coherence_loss(*broken)), side
+        assert np.isnan(pc_score(*broken)), side
+        # The same value in a masked (padded) row is ignored.
+        broken[side][3, 0], broken[side][1, 0] = 1.0, bad
+        assert np.isfinite(perception_coherence_loss(*broken, mask=mask)), side
+        assert np.isfinite(pc_score(*broken, mask=mask)), side
+
+
+def test_nan_features_with_fewer_than_three_valid_samples_give_nan_loss(features):
+    student, teacher = features
+    student = student.copy()
+    student[0, 0] = np.nan
+    mask = np.zeros(B, bool)
+    mask[[0, 5]] = True
+    assert np.isnan(perception_coherence_loss(student, teacher, mask=mask))
+
+
+def test_python_lists_are_accepted_like_arrays(features, mask):
+    student, teacher = features
+    for fn in (perception_coherence_loss, pc_score):
+        np.testing.assert_array_equal(
+            fn(student.tolist(), teacher.tolist(), mask=mask.tolist()),
+            fn(student, teacher, mask=mask),
+        )
