@@ -7,6 +7,7 @@ import optax
 import pytest
 from scipy.spatial import distance
 from scipy.stats import rankdata, spearmanr
+from sklearn.isotonic import isotonic_regression
 
 from float32 import assert_close
 from pcjax import losses
@@ -371,3 +372,85 @@ def test_python_lists_are_accepted_like_arrays(features, mask):
             fn(student.tolist(), teacher.tolist(), mask=mask.tolist()),
             fn(student, teacher, mask=mask),
         )
+
+
+# ----------------------------------------------------------------------------- neighbourhood
+
+
+def _soft_rank_l2(x, eps):
+    """The l2 soft rank (Blondel et al. 2020) in float64: projection by isotonic regression."""
+    n = len(x)
+    order = np.argsort(-x, kind="stable")
+    s = x[order] / eps
+    out = np.empty(n)
+    out[order] = s - isotonic_regression(s - np.arange(n, 0, -1.0), increasing=False)
+    return out
+
+
+def _reference_loss_of_definition(student, teacher, mask, eps, objective, neighbourhood):
+    """The documented loss, one reference at a time in float64 (l2 soft ranks)."""
+    points = np.flatnonzero(mask)
+    student, teacher = (np.asarray(x, np.float64)[points] for x in (student, teacher))
+    d_s, d_t = distance.cdist(student, student), distance.cdist(teacher, teacher)
+    rows = []
+    for i in range(len(points)):
+        others = np.arange(len(points)) != i
+        n = others.sum()
+        tau = rankdata(d_t[i, others])
+        u = (d_s[i, others] - d_s[i, others].mean()) / d_s[i, others].std()
+        sigma = _soft_rank_l2(u * np.sqrt((n * n - 1) / 12), eps) / n
+        scored = tau <= (n if neighbourhood is None else neighbourhood)
+        tau = tau / n
+        if objective == "mse":
+            rows.append(np.mean((sigma[scored] - tau[scored]) ** 2))
+        else:
+            rows.append(1 - np.corrcoef(sigma[scored], tau[scored])[0, 1])
+    return np.mean(rows)
+
+
+@pytest.mark.parametrize(
+    "objective, neighbourhood", [("mse", None), ("mse", 1), ("mse", 4), ("spearman", 4)]
+)
+@pytest.mark.parametrize("masked", [False, True])
+def test_neighbourhood_loss_matches_numpy_evaluation_of_its_definition(
+    features, mask, objective, neighbourhood, masked
+):
+    student, teacher = features
+    valid = mask if masked else np.ones(B, bool)
+    loss = perception_coherence_loss(
+        student, teacher, objective=objective, neighbourhood=neighbourhood,
+        mask=valid if masked else None, regularization_strength=0.5,
+    )
+    expected = _reference_loss_of_definition(student, teacher, valid, 0.5, objective,
+                                              neighbourhood)
+    assert_close(loss, expected)
+
+
+def test_neighbourhood_with_teacher_ties_scores_whole_tie_groups(features):
+    student, _ = features
+    teacher = np.zeros((B, 5), np.float32)
+    teacher[:, 0] = np.arange(B) % 4  # four clusters of four equal points: tied distances
+    for k in (2, 3, 4, 6):
+        assert_close(
+            perception_coherence_loss(student, teacher, neighbourhood=k),
+            _reference_loss_of_definition(student, teacher, np.ones(B, bool), 1.0, "mse", k),
+        )
+
+
+def test_neighbourhood_covering_every_sample_is_the_default_loss(features, mask):
+    student, teacher = features
+    default = jax.value_and_grad(perception_coherence_loss)(student, teacher, mask=mask)
+    covering = jax.value_and_grad(perception_coherence_loss)(
+        student, teacher, mask=mask, neighbourhood=B
+    )
+    np.testing.assert_array_equal(covering[0], default[0])
+    np.testing.assert_array_equal(covering[1], default[1])
+
+
+@pytest.mark.parametrize(
+    "neighbourhood, objective", [(0, "mse"), (-2, "mse"), (2.0, "mse"), (True, "mse"),
+                                 (1, "spearman")]
+)
+def test_bad_neighbourhood_raises_value_error_naming_it(features, neighbourhood, objective):
+    with pytest.raises(ValueError, match="neighbourhood must be None or an integer >="):
+        perception_coherence_loss(*features, neighbourhood=neighbourhood, objective=objective)

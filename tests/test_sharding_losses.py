@@ -121,3 +121,25 @@ def test_jit_on_explicit_row_sharded_batch_keeps_pairwise_rows_sharded(
         sharded_bytes = _temp_bytes(sharded).temp_size_in_bytes
     assert single_device_temp_bytes > 8 * PAIRWISE_BATCH * PAIRWISE_BATCH
     assert sharded_bytes < single_device_temp_bytes / 3
+
+
+def test_neighbourhood_loss_sharded_equals_unsharded(batch):
+    student, teacher, mask = batch
+    loss_fn = functools.partial(perception_coherence_loss, neighbourhood=4)
+    expected = jax.value_and_grad(loss_fn)(student, teacher, mask=mask)
+
+    @jax.jit
+    @functools.partial(
+        jax.shard_map, mesh=_mesh(AxisType.Auto), in_specs=(P("data"), P("data"), P("data")),
+        out_specs=(P(), P("data")),
+    )
+    def through_shard_map(student, teacher, mask):
+        return jax.value_and_grad(functools.partial(loss_fn, axis_name="data"))(
+            student, teacher, mask=mask
+        )
+
+    _assert_equal_to_single_device(through_shard_map(student, teacher, mask), expected)
+    rows = NamedSharding(_mesh(AxisType.Explicit), P("data"))  # the loss's own row split
+    arguments = [jax.device_put(x, rows) for x in (student, teacher, mask)]
+    jitted = jax.jit(lambda s, t, m: jax.value_and_grad(loss_fn)(s, t, mask=m))(*arguments)
+    _assert_equal_to_single_device(jitted, expected)
