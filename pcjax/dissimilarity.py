@@ -44,6 +44,7 @@ def max_exponent(x: jax.Array) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
+      >>> from pcjax.dissimilarity import max_exponent
       >>> x = jnp.array([[3.0, -1.0]]) * 2.0**70
       >>> print(max_exponent(x), jnp.ldexp(x, -max_exponent(x)))
       72 [[ 0.75 -0.25]]
@@ -68,6 +69,7 @@ def l2_normalize(x: jax.Array, eps: float = 0.0) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
+      >>> from pcjax.dissimilarity import l2_normalize
       >>> print(l2_normalize(jnp.array([[0.0, 2.0], [0.0, 0.0], [-3.0 * 2.0**100, 0.0]])))
       [[ 0.  1.]
        [ 0.  0.]
@@ -93,7 +95,16 @@ def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def check_dissimilarity(kind: Dissimilarity, argument: str) -> None:
-    """Raises ValueError naming `argument` unless `kind` is a known name or a callable."""
+    """Raises ValueError naming `argument` unless `kind` is a known name or a callable.
+
+    Examples:
+      >>> from pcjax.dissimilarity import check_dissimilarity
+      >>> check_dissimilarity("cosine", "kind")
+      >>> check_dissimilarity("manhattan", "kind")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: kind must be one of ('euclidean', 'sqeuclidean', 'cosine') or a callable ...
+    """
     if callable(kind):
         return
     if kind not in DISSIMILARITIES:
@@ -126,6 +137,17 @@ def pairwise_dissimilarity(
 
     Returns:
         (n, m) dissimilarities, in float32 (or float64 for float64 input).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from pcjax.dissimilarity import pairwise_dissimilarity
+      >>> x = jnp.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
+      >>> print(pairwise_dissimilarity(x))
+      [[ 0.  5. 10.]
+       [ 5.  0.  5.]
+       [10.  5.  0.]]
+      >>> print(pairwise_dissimilarity(jnp.array([[1.0, 0.0]]), 2.0 * jnp.eye(2), "cosine"))
+      [[0. 1.]]
     """
     check_dissimilarity(kind, "kind")
     y_given = y is not None

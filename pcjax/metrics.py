@@ -73,6 +73,16 @@ def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
 
     Returns:
       float32 in [0, 1]; NaN if no example is valid.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from pcjax import metrics
+      >>> logits = jnp.array([[2.0, 0.1], [0.3, 1.0], [1.0, 0.0]])
+      >>> labels = jnp.array([0, 1, 1])
+      >>> print(f"{metrics.accuracy(logits, labels):.3f}")
+      0.667
+      >>> print(f"{metrics.accuracy(logits, labels, mask=jnp.array([True, True, False])):.3f}")
+      1.000
     """
     _check_labelled(logits, labels, "logits", "labels")
     valid = _valid(mask, logits.shape[0], "mask")
@@ -118,6 +128,15 @@ def knn_accuracy(
 
     Returns:
       float32 accuracy in [0, 1]; NaN if no test example is valid.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from pcjax import metrics
+      >>> train = jnp.array([[1.0, 0.1], [0.9, -0.1], [-0.1, 1.0], [0.1, 0.8]])
+      >>> train_labels = jnp.array([0, 0, 1, 1])
+      >>> test, test_labels = jnp.array([[1.0, 0.2], [0.2, 1.0]]), jnp.array([0, 1])
+      >>> print(f"{metrics.knn_accuracy(train, train_labels, test, test_labels, k=2):.3f}")
+      1.000
     """
     _check_probe(train_features, train_labels, test_features, test_labels)
     if vote not in ("weighted", "majority"):
@@ -187,6 +206,15 @@ def linear_probe_accuracy(
 
     Returns:
       float32 test accuracy in [0, 1]; NaN if no test example is valid.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from pcjax import metrics
+      >>> train = jnp.array([[1.0, 0.1], [0.9, -0.1], [-0.1, 1.0], [0.1, 0.8]])
+      >>> train_labels = jnp.array([0, 0, 1, 1])
+      >>> test, test_labels = jnp.array([[1.0, 0.2], [0.2, 1.0]]), jnp.array([0, 1])
+      >>> print(f"{metrics.linear_probe_accuracy(train, train_labels, test, test_labels):.3f}")
+      1.000
     """
     _check_probe(train_features, train_labels, test_features, test_labels)
     classes = _num_classes(num_classes, train_labels, test_labels)
@@ -270,6 +298,17 @@ def linear_cka(x: jax.Array, y: jax.Array, *, mask: jax.Array | None = None) -> 
     Returns:
       float32 scalar (float64 for float64 input); NaN when either side is constant over the
       valid examples (fewer than 2 of them included) or holds NaN or Inf.
+
+    Examples:
+      >>> from pcjax import metrics
+      >>> import jax
+      >>> key_t, key_s = jax.random.split(jax.random.key(0))
+      >>> teacher = jax.random.normal(key_t, (32, 8))
+      >>> student = teacher[:, :4] + 0.3 * jax.random.normal(key_s, (32, 4))
+      >>> print(f"{metrics.linear_cka(student, teacher):.3f}")
+      0.747
+      >>> print(f"{metrics.linear_cka(2.0 * teacher + 1.0, teacher):.3f}")
+      1.000
     """
     x, y, _, finite = _similarity_inputs(x, y, mask, "x", "y")
     frobenius_squared = lambda a, b: jnp.sum((a.T @ b) ** 2)  # noqa: E731
@@ -311,6 +350,17 @@ def neighbourhood_recall(
     Returns:
       float32 scalar (float64 for float64 input); NaN when no valid point has a valid
       neighbour or a valid feature is NaN or Inf.
+
+    Examples:
+      >>> from pcjax import metrics
+      >>> import jax
+      >>> key_t, key_s = jax.random.split(jax.random.key(0))
+      >>> teacher = jax.random.normal(key_t, (32, 8))
+      >>> student = teacher[:, :4] + 0.3 * jax.random.normal(key_s, (32, 4))
+      >>> print(f"{metrics.neighbourhood_recall(student, teacher, k=5):.3f}")
+      0.525
+      >>> print(f"{metrics.neighbourhood_recall(teacher, teacher, k=5):.3f}")
+      1.000
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}.")

@@ -26,7 +26,9 @@ def _safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
     return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1.0), 0.0)
 
 
-def kd(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float = 4.0) -> jax.Array:
+def kd(
+    student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float = 4.0
+) -> jax.Array:
     """Knowledge distillation (Hinton, Vinyals, Dean, 2015, arXiv:1503.02531).
 
         loss = T^2 / B * sum_i KL( softmax(t_i / T) || softmax(s_i / T) )
@@ -39,6 +41,14 @@ def kd(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: flo
 
     Returns:
       Scalar KL divergence in nats, scaled by T^2.
+
+    Examples:
+      >>> from pcjax.losses import kd
+      >>> import jax.numpy as jnp
+      >>> student = jnp.array([[2.0, 0.5, -1.0], [0.1, 1.5, 0.3]])
+      >>> teacher = jnp.array([[3.0, 0.0, -2.0], [0.0, 2.0, 0.0]])
+      >>> print(f"{kd(student, teacher):.4f}")
+      0.2166
     """
     student, teacher = _prepare(*check_pair(
         student_logits, teacher_logits, student_name="student_logits",
@@ -63,6 +73,14 @@ def fitnet(student_features: jax.Array, teacher_features: jax.Array) -> jax.Arra
     Args:
       student_features: (B, D) regressed student features.
       teacher_features: (B, D) teacher features.
+
+    Examples:
+      >>> from pcjax.losses import fitnet
+      >>> import jax.numpy as jnp
+      >>> student = jnp.array([[2.0, 0.5, -1.0], [0.1, 1.5, 0.3]])
+      >>> teacher = jnp.array([[3.0, 0.0, -2.0], [0.0, 2.0, 0.0]])
+      >>> print(f"{fitnet(student, teacher):.4f}")
+      0.4333
     """
     student, teacher = _prepare(*check_pair(student_features, teacher_features, same_width=True))
     return jnp.mean((student - teacher) ** 2)
@@ -114,6 +132,13 @@ def rkd(
       teacher_features: (B, Dt) teacher features (widths may differ).
       distance_weight: w_d.
       angle_weight: w_a.
+
+    Examples:
+      >>> from pcjax.losses import rkd
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+      >>> print(f"{rkd(x, 3.0 * x):.4f}, {rkd(x, x[::-1]):.4f}")
+      0.0000, 4.3408
     """
     student, teacher = _prepare(*check_pair(student_features, teacher_features, min_batch=2))
     # Huber with delta 1 is torch.nn.functional.smooth_l1_loss with its defaults (beta 1, mean).
@@ -140,6 +165,13 @@ def pkt(
       student_features: (B, Ds) student features.
       teacher_features: (B, Dt) teacher features (widths may differ).
       eps: the stabilizer of the norms and of the logarithm.
+
+    Examples:
+      >>> from pcjax.losses import pkt
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+      >>> print(f"{pkt(x, x[::-1]):.5f}")
+      0.01204
     """
     student, teacher = _prepare(*check_pair(student_features, teacher_features, min_batch=2))
 
@@ -168,6 +200,13 @@ def sp(student_features: jax.Array, teacher_features: jax.Array) -> jax.Array:
     Args:
       student_features: (B, Ds) student features.
       teacher_features: (B, Dt) teacher features (widths may differ).
+
+    Examples:
+      >>> from pcjax.losses import sp
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+      >>> print(f"{sp(x, 2.0 * x):.4f}, {sp(x, x[::-1]):.4f}")
+      0.0000, 0.2169
     """
     student, teacher = _prepare(*check_pair(student_features, teacher_features, min_batch=2))
 
@@ -205,6 +244,14 @@ def cc(student_embedding: jax.Array, teacher_embedding: jax.Array) -> jax.Array:
 
     Returns:
       Scalar, in squared feature units.
+
+    Examples:
+      >>> from pcjax.losses import cc
+      >>> import jax.numpy as jnp
+      >>> student = jnp.array([[2.0, 0.5, -1.0], [0.1, 1.5, 0.3]])
+      >>> teacher = jnp.array([[3.0, 0.0, -2.0], [0.0, 2.0, 0.0]])
+      >>> print(f"{cc(student, teacher):.4f}")
+      0.6500
     """
     student, teacher = _prepare(*check_pair(
         student_embedding, teacher_embedding, student_name="student_embedding",

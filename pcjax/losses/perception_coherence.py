@@ -293,6 +293,19 @@ def perception_coherence_loss(
 
     Returns:
       float32 scalar.
+
+    Examples:
+      >>> from pcjax.losses import perception_coherence_loss
+      >>> import jax
+      >>> key_t, key_s = jax.random.split(jax.random.key(0))
+      >>> teacher = jax.random.normal(key_t, (32, 8))
+      >>> student = teacher[:, :4] + 0.3 * jax.random.normal(key_s, (32, 4))
+      >>> print(f"{perception_coherence_loss(student, teacher):.4f}")
+      0.0523
+      >>> print(jax.grad(perception_coherence_loss)(student, teacher).shape)
+      (32, 4)
+      >>> print(f"{perception_coherence_loss(student, teacher, neighbourhood=5):.4f}")
+      0.0476
     """
     student_features, teacher_features, mask = _check_common(
         student_features, teacher_features, mask, student_dissimilarity, teacher_dissimilarity
@@ -402,6 +415,15 @@ def pc_score(
 
     Returns:
       A scalar of the loss's dtype rule: float32, or float64 when a feature array is float64.
+
+    Examples:
+      >>> from pcjax.losses import pc_score
+      >>> import jax
+      >>> key_t, key_s = jax.random.split(jax.random.key(0))
+      >>> teacher = jax.random.normal(key_t, (32, 8))
+      >>> student = teacher[:, :4] + 0.3 * jax.random.normal(key_s, (32, 4))
+      >>> print(f"{pc_score(student, teacher):.3f}, {pc_score(teacher, teacher):.3f}")
+      0.659, 1.000
     """
     student_features, teacher_features, mask = _check_common(
         student_features, teacher_features, mask, student_dissimilarity, teacher_dissimilarity
