@@ -1,4 +1,5 @@
-"""perception_coherence_loss: the properties of its definition against SciPy references, masks, errors."""
+"""perception_coherence_loss: the properties of its definition against SciPy and NumPy
+references, masks, scales, errors."""
 
 import jax
 import jax.numpy as jnp
@@ -129,7 +130,8 @@ def test_masked_gradient_equals_gradient_on_valid_rows_and_zero_elsewhere(featur
     grad = jax.grad(perception_coherence_loss)(garbage, teacher, mask=mask)
     expected = jax.grad(perception_coherence_loss)(student[mask], teacher[mask])
     assert_close(grad[mask], expected, rtol=1e-4)
-    # Exact: the loss reads features through jnp.where(mask, x, 0), whose gradient is 0 off the mask.
+    # Exact: the loss reads features through jnp.where(mask, x, 0), whose gradient is 0 off the
+    # mask.
     np.testing.assert_array_equal(grad[~mask], 0.0)
 
 

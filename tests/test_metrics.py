@@ -67,7 +67,9 @@ def test_pc_score_is_one_up_to_rotation_translation_and_scale(features):
     rotation, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(4, 4)))
     # Exact ranks (the distances of these random points are far from ties even after float32
     # rounding); the Spearman correlation itself is a float32 mean, hence atol=1e-5.
-    np.testing.assert_allclose(metrics.pc_score(5 * teacher @ rotation + 3, teacher), 1.0, atol=1e-5)
+    np.testing.assert_allclose(
+        metrics.pc_score(5 * teacher @ rotation + 3, teacher), 1.0, atol=1e-5
+    )
 
 
 def test_pc_score_is_minus_one_for_reversed_order(features):
@@ -228,7 +230,8 @@ def test_neighbourhood_recall_matches_scikit_learn_nearest_neighbors(features, k
     ])
     got = metrics.neighbourhood_recall(student, teacher, k=k, chunk_size=chunk_size)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
-    np.testing.assert_allclose(got, _recall_reference(student, teacher, k, np.ones(N, bool)), rtol=1e-6)
+    reference = _recall_reference(student, teacher, k, np.ones(N, bool))
+    np.testing.assert_allclose(got, reference, rtol=1e-6)  # a float32 mean of N fractions
 
 
 def test_neighbourhood_recall_breaks_ties_by_lower_index():
