@@ -23,6 +23,7 @@ __all__ = [
 def _valid(mask: jax.Array | None, num: int, name: str) -> jax.Array:
     if mask is None:
         return jnp.ones((num,), bool)
+    mask = jnp.asarray(mask)
     if mask.shape != (num,):
         raise ValueError(f"{name} must have shape ({num},), got {mask.shape}.")
     return jnp.asarray(mask, bool)
@@ -41,6 +42,10 @@ def _check_labelled(features, labels, features_name, labels_name):
 
 
 def _check_probe(train_features, train_labels, test_features, test_labels):
+    """The four as arrays (Python lists accepted), after checking their shapes."""
+    train_features, train_labels, test_features, test_labels = (
+        jnp.asarray(x) for x in (train_features, train_labels, test_features, test_labels)
+    )
     _check_labelled(train_features, train_labels, "train_features", "train_labels")
     _check_labelled(test_features, test_labels, "test_features", "test_labels")
     if train_features.shape[1] != test_features.shape[1]:
@@ -48,6 +53,7 @@ def _check_probe(train_features, train_labels, test_features, test_labels):
             f"train_features and test_features must have the same width, got "
             f"{train_features.shape} and {test_features.shape}."
         )
+    return train_features, train_labels, test_features, test_labels
 
 
 def _num_classes(num_classes, *labels):
@@ -84,6 +90,7 @@ def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
       >>> print(f"{metrics.accuracy(logits, labels, mask=jnp.array([True, True, False])):.3f}")
       1.000
     """
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     _check_labelled(logits, labels, "logits", "labels")
     valid = _valid(mask, logits.shape[0], "mask")
     return _fraction(jnp.argmax(logits, axis=-1) == labels, valid)
@@ -138,7 +145,9 @@ def knn_accuracy(
       >>> print(f"{metrics.knn_accuracy(train, train_labels, test, test_labels, k=2):.3f}")
       1.000
     """
-    _check_probe(train_features, train_labels, test_features, test_labels)
+    train_features, train_labels, test_features, test_labels = _check_probe(
+        train_features, train_labels, test_features, test_labels
+    )
     if vote not in ("weighted", "majority"):
         raise ValueError(f"vote must be 'weighted' or 'majority', got {vote!r}.")
     if k < 1:
@@ -216,7 +225,9 @@ def linear_probe_accuracy(
       >>> print(f"{metrics.linear_probe_accuracy(train, train_labels, test, test_labels):.3f}")
       1.000
     """
-    _check_probe(train_features, train_labels, test_features, test_labels)
+    train_features, train_labels, test_features, test_labels = _check_probe(
+        train_features, train_labels, test_features, test_labels
+    )
     classes = _num_classes(num_classes, train_labels, test_labels)
     train_valid = _valid(train_mask, train_features.shape[0], "train_mask")
     test_valid = _valid(test_mask, test_features.shape[0], "test_mask")
@@ -262,7 +273,7 @@ def _similarity_inputs(x, y, mask, x_name, y_name):
     rescale by a power of two to max|.| in [0.5, 1); the valid mask; and whether every valid
     entry is finite. Centring changes no distance and keeps the distance expansion exact."""
     x, y = check_pair(x, y, student_name=x_name, teacher_name=y_name)
-    valid = _valid(None if mask is None else jnp.asarray(mask), x.shape[0], "mask")
+    valid = _valid(mask, x.shape[0], "mask")
     dtype = jnp.promote_types(jnp.result_type(x, y), jnp.float32)
     count = jnp.maximum(jnp.sum(valid), 1).astype(dtype)
     x, y = (jnp.where(valid[:, None], a.astype(dtype), 0.0) for a in (x, y))

@@ -296,3 +296,15 @@ def test_similarity_metrics_reject_bad_shapes():
         metrics.neighbourhood_recall(np.ones((4, 2)), np.ones((4, 2)), mask=np.ones(3, bool))
     with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
         metrics.neighbourhood_recall(np.ones((4, 2)), np.ones((4, 2)), chunk_size=0)
+
+
+def test_accuracy_and_probes_accept_python_lists(classification):
+    x_train, y_train, x_test, y_test = (a[:20] for a in classification)
+    lists = [a.tolist() for a in (x_train, y_train, x_test, y_test)]
+    mask = [True] * 19 + [False]
+    for fn in (metrics.knn_accuracy, metrics.linear_probe_accuracy):
+        np.testing.assert_array_equal(
+            fn(*lists, test_mask=mask), fn(x_train, y_train, x_test, y_test, test_mask=mask)
+        )
+    logits = [[2.0, 1.0], [0.0, 3.0]]
+    assert metrics.accuracy(logits, [0, 0], mask=[True, False]) == 1.0
