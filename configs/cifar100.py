@@ -18,10 +18,10 @@ Run (CIFAR-100 prepared as array_record in the TFDS data dir, see pcjax.data):
   python train.py --config configs/cifar100.py:resnet32x4_resnet8x4 --workdir runs/c100_r32x4_r8x4
 
 Start from RepDistiller's published teacher (the one its table used) instead of training it:
-download, convert (needs `pip install -e '.[torch]'`), distill. For resnet32x4:
+download, convert (no PyTorch needed), distill. For resnet32x4:
 
   wget http://shape2prog.csail.mit.edu/repo/resnet32x4_vanilla/ckpt_epoch_240.pth
-  python -m pcjax.models.convert --arch resnet32x4 --from ckpt_epoch_240.pth \
+  python -m pcjax.convert --arch resnet32x4 --from ckpt_epoch_240.pth \
       --to teachers/resnet32x4
   python train.py --config configs/cifar100.py:resnet32x4_resnet8x4 --workdir runs/c100_r32x4_r8x4 \
       --config.teacher.checkpoint=teachers/resnet32x4

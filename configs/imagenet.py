@@ -10,10 +10,10 @@ Run (imagenet2012 prepared as array_record in the TFDS data dir, see pcjax.data)
   python train.py --config configs/imagenet.py --workdir runs/imagenet_r34_r18
 
 Default teacher source: torchvision's ResNet-34 (ResNet34_Weights.IMAGENET1K_V1, 73.31% top-1
-by torchvision's metadata), converted once (needs `pip install -e '.[torch]'`) instead of trained:
+by torchvision's metadata), converted once (no PyTorch needed) instead of trained:
 
   wget https://download.pytorch.org/models/resnet34-b627a593.pth
-  python -m pcjax.models.convert --arch imagenet_resnet34 --from resnet34-b627a593.pth \
+  python -m pcjax.convert --arch imagenet_resnet34 --from resnet34-b627a593.pth \
       --to teachers/imagenet_resnet34
   python train.py --config configs/imagenet.py --workdir runs/imagenet_r34_r18 \
       --config.teacher.checkpoint=teachers/imagenet_resnet34

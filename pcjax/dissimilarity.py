@@ -29,11 +29,61 @@ def _safe_sqrt(x: jax.Array) -> jax.Array:
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0 * x)
 
 
-def _unit_rows(x: jax.Array) -> jax.Array:
-    """x / ||x|| row-wise; a zero row maps to the zero vector with zero gradient, NaN to NaN."""
-    squared_norm = jnp.sum(x * x, axis=-1, keepdims=True)
-    positive = squared_norm > 0
-    return jnp.where(positive, x * jax.lax.rsqrt(jnp.where(positive, squared_norm, 1.0)), 0.0 * x)
+def max_exponent(x: jax.Array) -> jax.Array:
+    """The binary exponent e of max|x| (max|x| = f 2^e, f in [0.5, 1)), with no gradient.
+
+    ``jnp.ldexp(x, -max_exponent(x))`` rescales x by a power of two, exactly, so that max|x| is
+    in [0.5, 1): distances computed from it cannot overflow or underflow at any feature scale.
+    e is 0 when x is all zero or holds NaN or Inf (x is then left as it is).
+
+    Args:
+      x: an array of any shape, floating.
+
+    Returns:
+      int32 scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from pcjax.dissimilarity import max_exponent
+      >>> x = jnp.array([[3.0, -1.0]]) * 2.0**70
+      >>> print(max_exponent(x), jnp.ldexp(x, -max_exponent(x)))
+      72 [[ 0.75 -0.25]]
+    """
+    return jnp.frexp(jax.lax.stop_gradient(jnp.max(jnp.abs(x))))[1]
+
+
+def l2_normalize(x: jax.Array, eps: float = 0.0) -> jax.Array:
+    """x / max(||x||, eps) along the last axis, in float32 (float64 for float64 input).
+
+    Computed on each row rescaled by a power of two (exact), so no norm overflows or
+    underflows at any finite scale. A zero row stays zero: with eps = 0 its gradient is 0, with
+    eps > 0 it is 1 / eps (``torch.nn.functional.normalize``). A row holding NaN or Inf is
+    all NaN.
+
+    Args:
+      x: (..., d) features.
+      eps: the smallest norm divided by, >= 0.
+
+    Returns:
+      An array of x's shape.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from pcjax.dissimilarity import l2_normalize
+      >>> print(l2_normalize(jnp.array([[0.0, 2.0], [0.0, 0.0], [-3.0 * 2.0**100, 0.0]])))
+      [[ 0.  1.]
+       [ 0.  0.]
+       [-1.  0.]]
+    """
+    x = jnp.asarray(x)
+    x = x.astype(_compute_dtype(x))
+    exponent = jnp.frexp(jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=-1, keepdims=True)))[1]
+    scaled = jnp.ldexp(x, -exponent)
+    norm = _safe_sqrt(jnp.sum(scaled * scaled, axis=-1, keepdims=True))
+    denominator = jnp.maximum(norm, jnp.ldexp(jnp.asarray(eps, x.dtype), -exponent))
+    positive = denominator > 0
+    unit = jnp.where(positive, scaled / jnp.where(positive, denominator, 1.0), 0.0)
+    return unit + 0.0 * denominator  # A NaN or Inf anywhere in a row makes all of it NaN.
 
 
 def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -45,7 +95,16 @@ def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def check_dissimilarity(kind: Dissimilarity, argument: str) -> None:
-    """Raises ValueError naming `argument` unless `kind` is a known name or a callable."""
+    """Raises ValueError naming `argument` unless `kind` is a known name or a callable.
+
+    Examples:
+      >>> from pcjax.dissimilarity import check_dissimilarity
+      >>> check_dissimilarity("cosine", "kind")
+      >>> check_dissimilarity("manhattan", "kind")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: kind must be one of ('euclidean', 'sqeuclidean', 'cosine') or a callable ...
+    """
     if callable(kind):
         return
     if kind not in DISSIMILARITIES:
@@ -78,10 +137,22 @@ def pairwise_dissimilarity(
 
     Returns:
         (n, m) dissimilarities, in float32 (or float64 for float64 input).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from pcjax.dissimilarity import pairwise_dissimilarity
+      >>> x = jnp.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
+      >>> print(pairwise_dissimilarity(x))
+      [[ 0.  5. 10.]
+       [ 5.  0.  5.]
+       [10.  5.  0.]]
+      >>> print(pairwise_dissimilarity(jnp.array([[1.0, 0.0]]), 2.0 * jnp.eye(2), "cosine"))
+      [[0. 1.]]
     """
     check_dissimilarity(kind, "kind")
     y_given = y is not None
-    y = x if y is None else y
+    x = jnp.asarray(x)
+    y = x if y is None else jnp.asarray(y)
     for name, value in (("x", x), ("y", y)):
         if value.ndim != 2:
             raise ValueError(f"{name} must have shape (batch, features), got shape {value.shape}.")
@@ -95,7 +166,7 @@ def pairwise_dissimilarity(
     if callable(kind):
         return jax.vmap(lambda u: jax.vmap(lambda v: kind(u, v))(y))(x).astype(dtype)
     if kind == "cosine":
-        return 1.0 - _unit_rows(x) @ _unit_rows(y).T
+        return 1.0 - l2_normalize(x) @ l2_normalize(y).T
     squared = _squared_euclidean(x, y)
     if kind == "sqeuclidean":
         return squared

@@ -166,3 +166,11 @@ def test_rejects_mismatched_batch_sizes(name):
 def test_kd_rejects_mismatched_class_counts():
     with pytest.raises(ValueError, match="student_logits and teacher_logits"):
         baselines.kd(jnp.ones((4, 3)), jnp.ones((4, 5)))
+
+
+@pytest.mark.parametrize("name", ["kd", "fitnet", "rkd", "pkt", "sp", "cc"])
+def test_python_lists_are_accepted_like_arrays(features, name):
+    s, t = features
+    t = t[:, :4] if name in ("kd", "fitnet", "cc") else t
+    fn = getattr(baselines, name)
+    np.testing.assert_array_equal(fn(s.tolist(), t.tolist()), fn(s, t))

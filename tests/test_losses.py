@@ -1,4 +1,5 @@
-"""perception_coherence_loss: the properties of its definition against SciPy references, masks, errors."""
+"""perception_coherence_loss: the properties of its definition against SciPy and NumPy
+references, masks, scales, errors."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import optax
 import pytest
 from scipy.spatial import distance
 from scipy.stats import rankdata, spearmanr
+from sklearn.isotonic import isotonic_regression
 
 from float32 import assert_close
 from pcjax.losses import pc_score, perception_coherence_loss
@@ -127,7 +129,8 @@ def test_masked_gradient_equals_gradient_on_valid_rows_and_zero_elsewhere(featur
     grad = jax.grad(perception_coherence_loss)(garbage, teacher, mask=mask)
     expected = jax.grad(perception_coherence_loss)(student[mask], teacher[mask])
     assert_close(grad[mask], expected, rtol=1e-4)
-    # Exact: the loss reads features through jnp.where(mask, x, 0), whose gradient is 0 off the mask.
+    # Exact: the loss reads features through jnp.where(mask, x, 0), whose gradient is 0 off the
+    # mask.
     np.testing.assert_array_equal(grad[~mask], 0.0)
 
 
@@ -294,3 +297,143 @@ def test_float64_features_give_float64_results_with_x64(features):
     assert jax.eval_shape(
         perception_coherence_loss, student.astype(np.float64), teacher
     ).dtype == jnp.float32
+
+
+# ----------------------------------------------------------------------------- any finite scale
+
+
+@pytest.mark.parametrize("kind", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+def test_loss_exact_at_huge_and_tiny_feature_scales(features, kind, scale):
+    # Squared distances of features of 1e20 overflow float32 and of 1e-20 underflow it. The
+    # loss is scale-free in both sides, so it must equal the loss at scale 1, and the
+    # gradient, of a function with f(c x) = f(x), must be the scale-1 gradient divided by c.
+    student, teacher = features
+    options = dict(student_dissimilarity=kind, teacher_dissimilarity=kind)
+    loss, grad = jax.value_and_grad(perception_coherence_loss)(student, teacher, **options)
+    scaled_loss, scaled_grad = jax.value_and_grad(perception_coherence_loss)(
+        student * np.float32(scale), teacher * np.float32(scale), **options
+    )
+    assert_close(scaled_loss, loss)
+    assert_close(scaled_grad * scale, grad, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+def test_pc_score_exact_at_huge_and_tiny_feature_scales(features, scale):
+    student, teacher = features
+    c = np.float32(scale)
+    assert_close(pc_score(student * c, teacher * c), pc_score(student, teacher))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_valid_features_give_nan_loss_and_pc_score(features, mask, bad):
+    student, teacher = features
+    for side in (0, 1):
+        broken = [student.copy(), teacher.copy()]
+        broken[side][3, 0] = bad
+        assert np.isnan(perception_coherence_loss(*broken)), side
+        assert np.isnan(pc_score(*broken)), side
+        # The same value in a masked (padded) row is ignored.
+        broken[side][3, 0], broken[side][1, 0] = 1.0, bad
+        assert np.isfinite(perception_coherence_loss(*broken, mask=mask)), side
+        assert np.isfinite(pc_score(*broken, mask=mask)), side
+
+
+def test_nan_features_with_fewer_than_three_valid_samples_give_nan_loss(features):
+    student, teacher = features
+    student = student.copy()
+    student[0, 0] = np.nan
+    mask = np.zeros(B, bool)
+    mask[[0, 5]] = True
+    assert np.isnan(perception_coherence_loss(student, teacher, mask=mask))
+
+
+def test_python_lists_are_accepted_like_arrays(features, mask):
+    student, teacher = features
+    for fn in (perception_coherence_loss, pc_score):
+        np.testing.assert_array_equal(
+            fn(student.tolist(), teacher.tolist(), mask=mask.tolist()),
+            fn(student, teacher, mask=mask),
+        )
+
+
+# ----------------------------------------------------------------------------- neighbourhood
+
+
+def _soft_rank_l2(x, eps):
+    """The l2 soft rank (Blondel et al. 2020) in float64: projection by isotonic regression."""
+    n = len(x)
+    order = np.argsort(-x, kind="stable")
+    s = x[order] / eps
+    out = np.empty(n)
+    out[order] = s - isotonic_regression(s - np.arange(n, 0, -1.0), increasing=False)
+    return out
+
+
+def _reference_loss_of_definition(student, teacher, mask, eps, objective, neighbourhood):
+    """The documented loss, one reference at a time in float64 (l2 soft ranks)."""
+    points = np.flatnonzero(mask)
+    student, teacher = (np.asarray(x, np.float64)[points] for x in (student, teacher))
+    d_s, d_t = distance.cdist(student, student), distance.cdist(teacher, teacher)
+    rows = []
+    for i in range(len(points)):
+        others = np.arange(len(points)) != i
+        n = others.sum()
+        tau = rankdata(d_t[i, others])
+        u = (d_s[i, others] - d_s[i, others].mean()) / d_s[i, others].std()
+        sigma = _soft_rank_l2(u * np.sqrt((n * n - 1) / 12), eps) / n
+        scored = tau <= (n if neighbourhood is None else neighbourhood)
+        tau = tau / n
+        if objective == "mse":
+            rows.append(np.mean((sigma[scored] - tau[scored]) ** 2))
+        else:
+            rows.append(1 - np.corrcoef(sigma[scored], tau[scored])[0, 1])
+    return np.mean(rows)
+
+
+@pytest.mark.parametrize(
+    "objective, neighbourhood", [("mse", None), ("mse", 1), ("mse", 4), ("spearman", 4)]
+)
+@pytest.mark.parametrize("masked", [False, True])
+def test_neighbourhood_loss_matches_numpy_evaluation_of_its_definition(
+    features, mask, objective, neighbourhood, masked
+):
+    student, teacher = features
+    valid = mask if masked else np.ones(B, bool)
+    loss = perception_coherence_loss(
+        student, teacher, objective=objective, neighbourhood=neighbourhood,
+        mask=valid if masked else None, regularization_strength=0.5,
+    )
+    expected = _reference_loss_of_definition(student, teacher, valid, 0.5, objective,
+                                              neighbourhood)
+    assert_close(loss, expected)
+
+
+def test_neighbourhood_with_teacher_ties_scores_whole_tie_groups(features):
+    student, _ = features
+    teacher = np.zeros((B, 5), np.float32)
+    teacher[:, 0] = np.arange(B) % 4  # four clusters of four equal points: tied distances
+    for k in (2, 3, 4, 6):
+        assert_close(
+            perception_coherence_loss(student, teacher, neighbourhood=k),
+            _reference_loss_of_definition(student, teacher, np.ones(B, bool), 1.0, "mse", k),
+        )
+
+
+def test_neighbourhood_covering_every_sample_is_the_default_loss(features, mask):
+    student, teacher = features
+    default = jax.value_and_grad(perception_coherence_loss)(student, teacher, mask=mask)
+    covering = jax.value_and_grad(perception_coherence_loss)(
+        student, teacher, mask=mask, neighbourhood=B
+    )
+    np.testing.assert_array_equal(covering[0], default[0])
+    np.testing.assert_array_equal(covering[1], default[1])
+
+
+@pytest.mark.parametrize(
+    "neighbourhood, objective", [(0, "mse"), (-2, "mse"), (2.0, "mse"), (True, "mse"),
+                                 (1, "spearman")]
+)
+def test_bad_neighbourhood_raises_value_error_naming_it(features, neighbourhood, objective):
+    with pytest.raises(ValueError, match="neighbourhood must be None or an integer >="):
+        perception_coherence_loss(*features, neighbourhood=neighbourhood, objective=objective)

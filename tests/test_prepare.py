@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import runpy
 import pickle
 import subprocess
 import sys
@@ -387,10 +388,24 @@ def test_folder_dataset_passes_config_validation_only_with_its_data_dir(prepared
     config.teacher.model = config.student.model = "resnet8"
     config.data_dir = prepared["data_dir"]
     mesh = sharding.make_mesh(1)
-    spec_lib.resolve(config, mesh, num_train_examples=10)
+    spec_lib.resolve(config, mesh, num_train_examples=100)
     config.data_dir = str(prepared["inputs"])
     with pytest.raises(ValueError, match="config.dataset: unknown dataset 'shapes'"):
-        spec_lib.resolve(config, mesh, num_train_examples=10)
+        spec_lib.resolve(config, mesh, num_train_examples=100)
+
+
+def test_folder_config_resolves_on_a_small_prepared_folder(prepared):
+    """configs/folder.py:NAME is the README's small-folder job: it resolves (batch sizes within
+    the split, eval split larger than its kNN k) on the prepared folder, and names its command."""
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "folder.py")
+    module = runpy.run_path(path)
+    assert "python train.py --config configs/folder.py:photos" in module["__doc__"]
+    config = config_lib.complete(module["get_config"]("shapes"))
+    config.data_dir = prepared["data_dir"]
+    spec = spec_lib.resolve(config, sharding.make_mesh(1))
+    assert spec.dataset.name == "shapes" and spec.num_train_examples >= 8
+    with pytest.raises(ValueError, match="name the prepared dataset"):
+        module["get_config"]()
 
 
 def test_flat_test_folder_with_label_file_and_original_sizes(prepared, tmp_path):

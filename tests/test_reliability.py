@@ -98,7 +98,7 @@ def damage(directory):
           "student.train.batch_size: 16 -> 32"]),
         # A loss option given on the command line is part of the run.
         (["--config.distill.loss_kwargs.regularization_strength", "2"],
-         ["distill.loss_kwargs.regularization_strength: '(absent)' -> 2"]),
+         ["distill.loss_kwargs.regularization_strength: 1.0 -> 2.0"]),
         # Another state structure (a projection head, no momentum): refused before any restore.
         (["--config.distill.loss=fitnet", "--config.student.train.optimizer.name=sgd"],
          ["distill.loss: 'perception_coherence' -> 'fitnet'",
@@ -290,13 +290,15 @@ def test_error_inside_a_step_ends_the_process_within_seconds(
 
 
 _USAGE_ERRORS = {
-    "unknown key": ((), ["--config.nope=1"], "--config.nope: the config has no key 'nope'"),
+    "unknown key": ((), ["--config.nope=1"], "--config.nope: no such key"),
+    "misspelled key": ((), ["--config.distill.los=rkd"],
+                       "--config.distill.los: no such key; did you mean 'loss'?"),
     "missing config file": (
-        ("--config=missing.py",), [], "No such file or directory: 'missing.py'"
+        ("--config=missing.py",), [], "--config: no config file at missing.py"
     ),
     "unparsable value": (
         (), ["--config.student.train.batch_size=abc"],
-        "flag --config.student.train.batch_size=abc: invalid literal for int()",
+        "--config.student.train.batch_size: expected int, got 'abc'",
     ),
     "unknown loss option": (
         (), ["--config.distill.loss_kwargs.eps=0.3"],
@@ -357,4 +359,5 @@ def test_traceback_on_request(tmp_path):
     )
     assert result.returncode != 0
     assert "Traceback (most recent call last)" in result.stderr
-    assert "ConfigError: config.student.train.batch_size: must be positive" in result.stderr
+    assert ("ConfigError: config.student.train.batch_size: must be an integer >= 1, got -1"
+            in result.stderr)

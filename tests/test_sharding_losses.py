@@ -1,5 +1,7 @@
-"""The PC loss on 8 (fake CPU) devices equals the single-device loss on the global batch."""
+"""The PC loss on 8 (fake CPU) devices equals the single-device loss on the global batch, with
+or without ``jax.set_mesh``, with Explicit or Auto axes, and through ``shard_map``."""
 
+import contextlib
 import functools
 
 import jax
@@ -64,17 +66,32 @@ def test_shard_map_with_axis_name_matches_single_device(batch, expected, masked)
 
 
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
-@pytest.mark.parametrize("masked", ["unmasked", "masked"])
-def test_jit_on_sharded_batch_matches_single_device(batch, expected, axis_type, masked):
+@pytest.mark.parametrize("under_set_mesh", [False, True])
+@pytest.mark.parametrize("layout", [P(), P("data")], ids=["replicated", "rows"])
+def test_jit_on_a_mesh_matches_single_device_with_or_without_set_mesh(
+    batch, expected, axis_type, under_set_mesh, layout
+):
+    # The loss reads no ambient state: only its operands' types decide how it runs.
     student, teacher, mask = batch
     mesh = _mesh(axis_type)
-    rows = NamedSharding(mesh, P("data"))
-    with jax.set_mesh(mesh):
-        arguments = [jax.device_put(x, rows) for x in (student, teacher)]
-        kwargs = {"mask": jax.device_put(mask, rows)} if masked == "masked" else {}
+    sharding = NamedSharding(mesh, layout)
+    arguments = [jax.device_put(x, sharding) for x in (student, teacher)]
+    masked = "masked" if layout == P("data") else "unmasked"
+    kwargs = {"mask": jax.device_put(mask, sharding)} if masked == "masked" else {}
+    with jax.set_mesh(mesh) if under_set_mesh else contextlib.nullcontext():
         result = jax.jit(loss_and_grad)(*arguments, **kwargs)
     _assert_equal_to_single_device(result, expected[masked])
-    assert result[1].sharding.is_equivalent_to(rows, 2)
+    assert result[1].sharding.is_equivalent_to(sharding, 2)
+
+
+@pytest.mark.parametrize("layout", [P(), P("data")], ids=["replicated", "rows"])
+def test_eager_call_on_explicit_mesh_outside_set_mesh_matches_single_device(
+    batch, expected, layout
+):
+    student, teacher, _ = batch
+    sharding = NamedSharding(_mesh(AxisType.Explicit), layout)
+    loss = perception_coherence_loss(*(jax.device_put(x, sharding) for x in (student, teacher)))
+    assert_close(loss, expected["unmasked"][0])
 
 
 PAIRWISE_BATCH = 64
@@ -90,14 +107,39 @@ def single_device_temp_bytes():
     return _temp_bytes(abstract).temp_size_in_bytes
 
 
-@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
-def test_jit_on_sharded_batch_keeps_pairwise_rows_sharded(single_device_temp_bytes, axis_type):
+@pytest.mark.parametrize("under_set_mesh", [False, True])
+def test_jit_on_explicit_row_sharded_batch_keeps_pairwise_rows_sharded(
+    single_device_temp_bytes, under_set_mesh
+):
     # Per-device temporary memory must shrink with the device count: the (B, B) matrices are
-    # split by reference rows, not replicated on every device.
-    mesh = _mesh(axis_type)
-    with jax.set_mesh(mesh):
-        rows = NamedSharding(mesh, P("data"))
-        sharded = jax.ShapeDtypeStruct((PAIRWISE_BATCH, 4), np.float32, sharding=rows)
+    # split by reference rows, not replicated on every device. The split is read from the
+    # features' Explicit sharding, so it does not need jax.set_mesh.
+    mesh = _mesh(AxisType.Explicit)
+    rows = NamedSharding(mesh, P("data"))
+    sharded = jax.ShapeDtypeStruct((PAIRWISE_BATCH, 4), np.float32, sharding=rows)
+    with jax.set_mesh(mesh) if under_set_mesh else contextlib.nullcontext():
         sharded_bytes = _temp_bytes(sharded).temp_size_in_bytes
     assert single_device_temp_bytes > 8 * PAIRWISE_BATCH * PAIRWISE_BATCH
     assert sharded_bytes < single_device_temp_bytes / 3
+
+
+def test_neighbourhood_loss_sharded_equals_unsharded(batch):
+    student, teacher, mask = batch
+    loss_fn = functools.partial(perception_coherence_loss, neighbourhood=4)
+    expected = jax.value_and_grad(loss_fn)(student, teacher, mask=mask)
+
+    @jax.jit
+    @functools.partial(
+        jax.shard_map, mesh=_mesh(AxisType.Auto), in_specs=(P("data"), P("data"), P("data")),
+        out_specs=(P(), P("data")),
+    )
+    def through_shard_map(student, teacher, mask):
+        return jax.value_and_grad(functools.partial(loss_fn, axis_name="data"))(
+            student, teacher, mask=mask
+        )
+
+    _assert_equal_to_single_device(through_shard_map(student, teacher, mask), expected)
+    rows = NamedSharding(_mesh(AxisType.Explicit), P("data"))  # the loss's own row split
+    arguments = [jax.device_put(x, rows) for x in (student, teacher, mask)]
+    jitted = jax.jit(lambda s, t, m: jax.value_and_grad(loss_fn)(s, t, mask=m))(*arguments)
+    _assert_equal_to_single_device(jitted, expected)

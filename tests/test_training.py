@@ -241,6 +241,39 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_last_good_checkpoint(
     ctx.writer.close()
 
 
+@pytest.mark.parametrize("bad, message", [
+    ("metric", r"grad_norm is nan at step 5.*checkpoint \(step 4\)"),
+    ("params", r"a parameter is not finite at step 8.*checkpoint \(step 4\)"),
+])
+def test_divergence_of_any_term_or_parameter_stops_the_run_keeping_a_finite_checkpoint(
+    tmp_path, bad, message
+):
+    """A NaN in a logged term other than the loss, or in the parameters while every metric is
+    finite, stops the run too; the checkpoint it names holds finite parameters."""
+    config = tiny_digits_config()
+    phase = config.teacher.train
+    phase.num_steps, phase.log_every, phase.checkpoint_every = 12, 1, 4
+    spec = spec_lib.resolve(config, sharding.make_mesh(1), num_train_examples=1000)
+    ctx = loop.Context(spec, str(tmp_path), log_lib.MetricWriter(str(tmp_path)))
+
+    def step_fn(state, batch, teacher):
+        del teacher
+        count = state.step + 1
+        params = jnp.where((bad == "params") & (count >= 6), jnp.nan, state.params + 1.0)
+        grad_norm = jnp.where((bad == "metric") & (count == 5), jnp.nan, 1.0)
+        return state.replace(step=count, params=params), {
+            "loss": jnp.mean(batch["image"]), "grad_norm": grad_norm}
+
+    state = state_lib.TrainState(jnp.int32(0), jnp.zeros(3), {}, {})
+    with pytest.raises(loop.TrainingDivergedError, match=message):
+        loop.run_phase(ctx, build.Phase(spec.teacher, None, state, step_fn))
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "teacher" / "checkpoints"), max_to_keep=2)
+    assert ckpt.latest_step() == 4
+    restored = ckpt.restore(4, checkpoint.abstract_like(state, sharding.replicated(spec.mesh)))
+    np.testing.assert_array_equal(restored.params, np.full(3, 4.0))
+    ctx.writer.close()
+
+
 # ----------------------------------------------------------------------------- sharding
 
 

@@ -35,7 +35,7 @@ def test_options_are_completed_with_defaults_and_typed_like_them():
     given = loss.resolve_options({"regularization_strength": 1, "objective": "spearman"})
     assert given == {"student_dissimilarity": "euclidean", "teacher_dissimilarity": "euclidean",
                      "regularization_strength": 1.0, "regularization": "l2",
-                     "objective": "spearman"}
+                     "objective": "spearman", "neighbourhood": None}
     assert type(given["regularization_strength"]) is float
     # An option at its default is the option left out.
     assert loss.resolve_options({"regularization_strength": 1.0}) == loss.resolve_options({})

@@ -1,6 +1,7 @@
 """Argument checks shared by the losses, run at trace time."""
 
 import jax
+import jax.numpy as jnp
 
 
 def check_pair(
@@ -11,15 +12,19 @@ def check_pair(
     teacher_name: str = "teacher_features",
     min_batch: int = 1,
     same_width: bool = False,
-) -> None:
-    """Raises ValueError unless both are (batch, width) arrays with the same batch size.
+) -> tuple[jax.Array, jax.Array]:
+    """Both as arrays (Python lists accepted); ValueError unless (batch, width) with one batch size.
 
     Args:
       student, teacher: the two arrays.
       student_name, teacher_name: the argument names used in the error messages.
       min_batch: the smallest batch size the loss is defined for.
       same_width: whether the second axes must match too.
+
+    Returns:
+      (student, teacher) as jax Arrays.
     """
+    student, teacher = jnp.asarray(student), jnp.asarray(teacher)
     for name, value in ((student_name, student), (teacher_name, teacher)):
         if value.ndim != 2:
             raise ValueError(
@@ -40,3 +45,4 @@ def check_pair(
             f"{student_name} and {teacher_name} must have the same size on the last axis, got "
             f"{student.shape} and {teacher.shape}."
         )
+    return student, teacher

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pcjax.dissimilarity import pairwise_dissimilarity
+from pcjax.dissimilarity import l2_normalize, pairwise_dissimilarity
 from pcjax.losses._checks import check_pair
 
 
@@ -26,14 +26,9 @@ def _safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
     return jnp.where(nonzero, numerator / jnp.where(nonzero, denominator, 1.0), 0.0)
 
 
-def _normalize_rows(x: jax.Array, eps: float) -> jax.Array:
-    """x / max(||x||, eps) row-wise, as torch.nn.functional.normalize (zero rows stay zero)."""
-    squared_norm = jnp.sum(x * x, axis=-1, keepdims=True)
-    norm = jnp.sqrt(jnp.maximum(squared_norm, eps * eps))
-    return x / norm
-
-
-def kd(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float = 4.0) -> jax.Array:
+def kd(
+    student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: float = 4.0
+) -> jax.Array:
     """Knowledge distillation (Hinton, Vinyals, Dean, 2015, arXiv:1503.02531).
 
         loss = T^2 / B * sum_i KL( softmax(t_i / T) || softmax(s_i / T) )
@@ -46,12 +41,19 @@ def kd(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature: flo
 
     Returns:
       Scalar KL divergence in nats, scaled by T^2.
+
+    Examples:
+      >>> from pcjax.losses import kd
+      >>> import jax.numpy as jnp
+      >>> student = jnp.array([[2.0, 0.5, -1.0], [0.1, 1.5, 0.3]])
+      >>> teacher = jnp.array([[3.0, 0.0, -2.0], [0.0, 2.0, 0.0]])
+      >>> print(f"{kd(student, teacher):.4f}")
+      0.2166
     """
-    check_pair(
+    student, teacher = _prepare(*check_pair(
         student_logits, teacher_logits, student_name="student_logits",
         teacher_name="teacher_logits", same_width=True,
-    )
-    student, teacher = _prepare(student_logits, teacher_logits)
+    ))
     log_p_student = jax.nn.log_softmax(student / temperature, axis=-1)
     log_p_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
     kl = optax.losses.kl_divergence_with_log_targets(log_p_student, log_p_teacher)
@@ -71,9 +73,16 @@ def fitnet(student_features: jax.Array, teacher_features: jax.Array) -> jax.Arra
     Args:
       student_features: (B, D) regressed student features.
       teacher_features: (B, D) teacher features.
+
+    Examples:
+      >>> from pcjax.losses import fitnet
+      >>> import jax.numpy as jnp
+      >>> student = jnp.array([[2.0, 0.5, -1.0], [0.1, 1.5, 0.3]])
+      >>> teacher = jnp.array([[3.0, 0.0, -2.0], [0.0, 2.0, 0.0]])
+      >>> print(f"{fitnet(student, teacher):.4f}")
+      0.4333
     """
-    check_pair(student_features, teacher_features, same_width=True)
-    student, teacher = _prepare(student_features, teacher_features)
+    student, teacher = _prepare(*check_pair(student_features, teacher_features, same_width=True))
     return jnp.mean((student - teacher) ** 2)
 
 
@@ -123,9 +132,15 @@ def rkd(
       teacher_features: (B, Dt) teacher features (widths may differ).
       distance_weight: w_d.
       angle_weight: w_a.
+
+    Examples:
+      >>> from pcjax.losses import rkd
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+      >>> print(f"{rkd(x, 3.0 * x):.4f}, {rkd(x, x[::-1]):.4f}")
+      0.0000, 4.3408
     """
-    check_pair(student_features, teacher_features, min_batch=2)
-    student, teacher = _prepare(student_features, teacher_features)
+    student, teacher = _prepare(*check_pair(student_features, teacher_features, min_batch=2))
     # Huber with delta 1 is torch.nn.functional.smooth_l1_loss with its defaults (beta 1, mean).
     huber = lambda s, t: jnp.mean(optax.losses.huber_loss(s, t))  # noqa: E731
     distance_loss = huber(_rkd_distances(student), _rkd_distances(teacher))
@@ -150,9 +165,15 @@ def pkt(
       student_features: (B, Ds) student features.
       teacher_features: (B, Dt) teacher features (widths may differ).
       eps: the stabilizer of the norms and of the logarithm.
+
+    Examples:
+      >>> from pcjax.losses import pkt
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+      >>> print(f"{pkt(x, x[::-1]):.5f}")
+      0.01204
     """
-    check_pair(student_features, teacher_features, min_batch=2)
-    student, teacher = _prepare(student_features, teacher_features)
+    student, teacher = _prepare(*check_pair(student_features, teacher_features, min_batch=2))
 
     def probabilities(x: jax.Array) -> jax.Array:
         squared_norm = jnp.sum(x * x, axis=-1, keepdims=True)
@@ -179,12 +200,18 @@ def sp(student_features: jax.Array, teacher_features: jax.Array) -> jax.Array:
     Args:
       student_features: (B, Ds) student features.
       teacher_features: (B, Dt) teacher features (widths may differ).
+
+    Examples:
+      >>> from pcjax.losses import sp
+      >>> import jax.numpy as jnp
+      >>> x = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+      >>> print(f"{sp(x, 2.0 * x):.4f}, {sp(x, x[::-1]):.4f}")
+      0.0000, 0.2169
     """
-    check_pair(student_features, teacher_features, min_batch=2)
-    student, teacher = _prepare(student_features, teacher_features)
+    student, teacher = _prepare(*check_pair(student_features, teacher_features, min_batch=2))
 
     def similarity(x: jax.Array) -> jax.Array:
-        return _normalize_rows(x @ x.T, eps=1e-12)
+        return l2_normalize(x @ x.T, eps=1e-12)
 
     batch = student.shape[0]
     return jnp.sum((similarity(teacher) - similarity(student)) ** 2) / (batch * batch)
@@ -217,12 +244,19 @@ def cc(student_embedding: jax.Array, teacher_embedding: jax.Array) -> jax.Array:
 
     Returns:
       Scalar, in squared feature units.
+
+    Examples:
+      >>> from pcjax.losses import cc
+      >>> import jax.numpy as jnp
+      >>> student = jnp.array([[2.0, 0.5, -1.0], [0.1, 1.5, 0.3]])
+      >>> teacher = jnp.array([[3.0, 0.0, -2.0], [0.0, 2.0, 0.0]])
+      >>> print(f"{cc(student, teacher):.4f}")
+      0.6500
     """
-    check_pair(
+    student, teacher = _prepare(*check_pair(
         student_embedding, teacher_embedding, student_name="student_embedding",
         teacher_name="teacher_embedding", min_batch=2, same_width=True,
-    )
-    student, teacher = _prepare(student_embedding, teacher_embedding)
+    ))
     difference = student - teacher
     delta = jnp.sign(difference) * difference
     return jnp.mean(jnp.sum(delta[:-1] * delta[1:], axis=-1))

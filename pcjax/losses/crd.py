@@ -49,7 +49,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pcjax.dissimilarity import l2_normalize
+
 _EPS = 1e-7  # RepDistiller's ContrastLoss eps
+_NORM_EPS = 1e-12  # torch.nn.functional.normalize's, as RepDistiller's Normalize and memory
 
 
 class CRDState(NamedTuple):
@@ -80,11 +83,6 @@ class ClassIndex(NamedTuple):
     order: jax.Array
     start: jax.Array
     count: jax.Array
-
-
-def l2_normalize(x: jax.Array) -> jax.Array:
-    """x / ||x|| row-wise (rows of norm below 1e-12 are divided by 1e-12)."""
-    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
 
 
 def init_state(key: jax.Array, num_examples: int, feat_dim: int = 128) -> CRDState:
@@ -275,7 +273,7 @@ def update_banks(
 
     def update(bank, emb):
         emb = jax.lax.stop_gradient(emb).astype(bank.dtype)
-        rows = l2_normalize(momentum * bank[index] + (1 - momentum) * emb)
+        rows = l2_normalize(momentum * bank[index] + (1 - momentum) * emb, eps=_NORM_EPS)
         return bank.at[target].set(rows, mode="drop")
 
     return state._replace(bank_s=update(state.bank_s, emb_s), bank_t=update(state.bank_t, emb_t))

@@ -6,7 +6,7 @@ Kept apart from `pcjax.losses.crd` so that importing the losses does not import 
 import jax
 from flax import nnx
 
-from pcjax.losses.crd import l2_normalize
+from pcjax.dissimilarity import l2_normalize
 
 # PyTorch's nn.Linear kernel init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as RepDistiller's Embed.
 _DENSE_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -27,4 +27,5 @@ class CRDHeads(nnx.Module):
         """(B, ...) student and teacher features -> (B, feat_dim) unit embeddings each."""
         f_s = f_s.reshape(f_s.shape[0], -1)
         f_t = jax.lax.stop_gradient(f_t.reshape(f_t.shape[0], -1))
-        return l2_normalize(self.embed_s(f_s)), l2_normalize(self.embed_t(f_t))
+        return (l2_normalize(self.embed_s(f_s), eps=1e-12),
+                l2_normalize(self.embed_t(f_t), eps=1e-12))

@@ -20,9 +20,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType, PartitionSpec
+from jax.sharding import PartitionSpec
 
-from pcjax.dissimilarity import Dissimilarity, check_dissimilarity, pairwise_dissimilarity
+from pcjax.dissimilarity import (
+    Dissimilarity, check_dissimilarity, max_exponent, pairwise_dissimilarity,
+)
 from pcjax.losses._checks import check_pair
 from pcjax.ranking import _check_options, rank, soft_rank
 
@@ -37,7 +39,9 @@ MIN_VALID = 3
 def _check_common(
     student_features, teacher_features, mask, student_dissimilarity, teacher_dissimilarity
 ):
-    check_pair(student_features, teacher_features)
+    """The features and mask as arrays (Python lists accepted), after checking them."""
+    student_features, teacher_features = check_pair(student_features, teacher_features)
+    mask = None if mask is None else jnp.asarray(mask)
     # Integer features are refused like soft_rank refuses them: their distances would tie heavily
     # and a gradient with respect to them does not exist.
     for name, value in (
@@ -51,6 +55,7 @@ def _check_common(
         raise ValueError(
             f"mask must have shape (batch,) = ({student_features.shape[0]},), got {mask.shape}."
         )
+    return student_features, teacher_features, mask
 
 
 def _check_min_batch(batch: int) -> None:
@@ -123,19 +128,40 @@ def _excluded_gap(num_columns: int, regularization_strength) -> jax.Array:
     return bound + (num_columns + 1.0) * regularization_strength + 1.0
 
 
+def _scale_free_dissimilarity(ref, everything, kind):
+    """pairwise_dissimilarity(ref, everything, kind), exact at any finite feature scale.
+
+    For a named kind both sides are first multiplied by the power of two that brings
+    max|everything| into [0.5, 1): the dissimilarity scales with its features (cosine does not
+    change), so every rank and every rank-unit row is unchanged, exactly, while distances of huge
+    or tiny features neither overflow nor underflow. A callable gets the features as they are:
+    it need not scale.
+    """
+    if not callable(kind):
+        exponent = max_exponent(everything)
+        ref, everything = jnp.ldexp(ref, -exponent), jnp.ldexp(everything, -exponent)
+    return pairwise_dissimilarity(ref, everything, kind)
+
+
+def _counts(included, dtype):
+    """(r, 1) number of included entries per row, at least 1, in dtype."""
+    return jnp.maximum(jnp.sum(included, axis=-1), 1).astype(dtype)[:, None]
+
+
 def _row_losses(
     student_ref, teacher_ref, ref_index, ref_valid, student_all, teacher_all, valid_all,
     *, student_dissimilarity, teacher_dissimilarity, regularization_strength, regularization,
-    objective, dtype,
+    objective, neighbourhood, dtype,
 ):
     """Per-reference sums: (sum over valid references of the row loss, number of them)."""
     compared, count = _compared_set(ref_index, valid_all)
-    count_safe = jnp.maximum(count, 1).astype(dtype)[:, None]
+    count_safe = _counts(compared, dtype)
 
-    teacher_d = pairwise_dissimilarity(teacher_ref, teacher_all, teacher_dissimilarity)
-    teacher_ranks = _hard_ranks_within(teacher_d, compared) / count_safe
+    teacher_d = _scale_free_dissimilarity(teacher_ref, teacher_all, teacher_dissimilarity)
+    teacher_rank = _hard_ranks_within(teacher_d, compared)
+    teacher_ranks = teacher_rank / count_safe
 
-    student_d = pairwise_dissimilarity(student_ref, student_all, student_dissimilarity)
+    student_d = _scale_free_dissimilarity(student_ref, student_all, student_dissimilarity)
     scaled = _rank_scale(student_d.astype(dtype), compared, count_safe)
     gap = _excluded_gap(compared.shape[1], regularization_strength)
     student_ranks = soft_rank(
@@ -144,13 +170,20 @@ def _row_losses(
         regularization=regularization,
     ) / count_safe
 
+    # The pairs scored: all of C_i, or the teacher's `neighbourhood` nearest (averaged ranks).
+    scored = compared if neighbourhood is None else compared & (teacher_rank <= neighbourhood)
     if objective == "mse":
-        squared = jnp.where(compared, (student_ranks - teacher_ranks) ** 2, 0.0)
-        row_loss = jnp.sum(squared, axis=-1) / count_safe[:, 0]
+        squared = jnp.where(scored, (student_ranks - teacher_ranks) ** 2, 0.0)
+        row_loss = jnp.sum(squared, axis=-1) / _counts(scored, dtype)[:, 0]
     else:
-        row_loss = 1.0 - _masked_pearson(student_ranks, teacher_ranks, compared, count_safe)
+        row_loss = 1.0 - _masked_pearson(
+            student_ranks, teacher_ranks, scored, _counts(scored, dtype)
+        )
     counted = ref_valid & (count >= MIN_VALID - 1)
-    return jnp.sum(jnp.where(counted, row_loss, 0.0)), jnp.sum(counted)
+    total = jnp.sum(jnp.where(counted, row_loss, 0.0))
+    # Inf features would otherwise give ranks, hence a finite loss: a broken batch must show.
+    finite = jnp.all(jnp.isfinite(student_all)) & jnp.all(jnp.isfinite(teacher_all))
+    return jnp.where(finite, total, jnp.nan), jnp.sum(counted)
 
 
 def _local_sums(student, teacher, valid, axis_name, options):
@@ -164,24 +197,17 @@ def _local_sums(student, teacher, valid, axis_name, options):
     )
 
 
-def _mesh_batch_axes(x, batch: int):
-    """Mesh axes to split the reference rows over under a global-view jit, or None.
+def _explicit_batch_axes(*arrays):
+    """(mesh, axes) of the first array whose own type shards its batch over Explicit axes, or None.
 
-    Explicit axes: those the batch dimension of x is sharded over in its type. Otherwise the Auto
-    axes of the current mesh (``jax.set_mesh``), when they divide the batch evenly.
+    Only the operands' types are read, never the ambient mesh: the loss is a pure function.
     """
-    spec = jax.typeof(x).sharding.spec
-    if len(spec) and spec[0] is not None:
-        return tuple(spec[0]) if isinstance(spec[0], tuple) else (spec[0],)
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return None
-    axes = tuple(
-        name for name, kind in zip(mesh.axis_names, mesh.axis_types) if kind == AxisType.Auto
-    )
-    if not axes or batch % math.prod(mesh.shape[name] for name in axes):
-        return None
-    return axes
+    for x in arrays:
+        sharding = jax.typeof(x).sharding
+        axes = sharding.spec[0] if len(sharding.spec) else None
+        if axes is not None:
+            return sharding.mesh, tuple(axes) if isinstance(axes, tuple) else (axes,)
+    return None
 
 
 def perception_coherence_loss(
@@ -193,6 +219,7 @@ def perception_coherence_loss(
     regularization_strength: float = 1.0,
     regularization: str = "l2",
     objective: str = "mse",
+    neighbourhood: int | None = None,
     mask: jax.Array | None = None,
     axis_name=None,
 ) -> jax.Array:
@@ -205,8 +232,14 @@ def perception_coherence_loss(
         sigma_ij = soft_rank_j(u_i[C_i]; eps) / n_i          soft, differentiable
         u_ij     = (D_S[i, j] - mean_{C_i} D_S[i]) / std_{C_i} D_S[i] * sqrt((n_i^2 - 1) / 12)
 
-    ``"mse"``:      loss = mean_i (1 / n_i) sum_{j in C_i} (sigma_ij - tau_ij)^2
-    ``"spearman"``: loss = 1 - mean_i pearson_{j in C_i}(sigma_ij, tau_ij)
+    ``"mse"``:      loss = mean_i (1 / |S_i|) sum_{j in S_i} (sigma_ij - tau_ij)^2
+    ``"spearman"``: loss = 1 - mean_i pearson_{j in S_i}(sigma_ij, tau_ij)
+
+    The scored pairs S_i are all of C_i by default. With ``neighbourhood=k`` they are the
+    teacher's k nearest neighbours of i, S_i = {j in C_i : n_i tau_ij <= k} (a tie group, whose
+    rank is averaged, is in or out as a whole); sigma and tau stay ranks within all of C_i, so
+    the student is asked to put those neighbours at the teacher's ranks, first, and the far
+    pairs only matter through them. k >= n_i gives the default loss.
 
     The row normalization u puts student dissimilarities in rank units: standardized over C_i
     (population std), then scaled to the standard deviation of the ranks 1..n_i, so that a row
@@ -219,20 +252,23 @@ def perception_coherence_loss(
 
     Masked samples are neither references nor compared: the loss equals the loss on the valid rows
     alone. With fewer than 3 valid samples no rank carries information and the loss is 0 with zero
-    gradient. NaN features give a NaN loss.
+    gradient. NaN or Inf features give a NaN loss. Finite features of any scale work: the named
+    dissimilarities are computed on features rescaled exactly by a power of two (a callable
+    gets them as they are). Python lists are accepted (``jnp.asarray``).
 
     Multi-device: with ``axis_name`` (inside ``jax.shard_map``, whose default check_vma=True makes
     the gradient of the psum right; batch split over that axis), each device's rows are its
     references and the compared set is the all-gathered global batch; sums and counts are
     ``psum``-ed, so the result (and its gradient) is the loss of the global batch. Without
-    ``axis_name`` under ``jax.jit`` on a mesh, the same happens through an internal
-    ``jax.shard_map`` over the batch axes: with Explicit axes (``jax.set_mesh(mesh)``) those the
-    features' type shards the batch over, with Auto axes all the current mesh's Auto axes (when
-    they divide the batch). Either way a device holds B/N x B matrices and sorts B/N rows of
-    length B: O(B/N * B log B) time, O(B/N * B) memory.
+    ``axis_name`` the loss reads no ambient state (no ``jax.set_mesh`` needed): features whose
+    type shards the batch over Explicit mesh axes get the same split through an internal
+    ``jax.shard_map`` over those axes of their own mesh; other inputs (replicated, Auto axes) run
+    as one global computation that XLA partitions as it sees fit. With the split a device holds
+    B/N x B matrices and sorts B/N rows of length B: O(B/N * B log B) time, O(B/N * B) memory.
 
     Gradients per device (N devices):
-      - ``jax.jit`` on a mesh: global view; value and gradients are the global batch's.
+      - ``jax.jit`` (any mesh, axis types and shardings): global view; value and gradients are
+        the global batch's.
       - ``jax.shard_map`` with ``axis_name``: the gradient of a device's rows is the global-batch
         gradient of those rows; replicated (``P()``) parameters get the global gradient with no
         reduction (shard_map sums the transpose of their broadcast).
@@ -250,19 +286,45 @@ def perception_coherence_loss(
       regularization_strength: eps > 0 of the soft rank, in rank units (see above).
       regularization: ``"l2"`` or ``"kl"`` (the soft rank's regularizer).
       objective: ``"mse"`` or ``"spearman"``.
+      neighbourhood: None (every pair), or k >= 1 (k >= 2 for ``"spearman"``): score only each
+        reference's k teacher-nearest pairs (see above).
       mask: optional (B,) bool, True for valid samples (the local rows under ``axis_name``).
       axis_name: mesh axis name (or tuple of names) the batch is split over, or None.
 
     Returns:
       float32 scalar.
+
+    Examples:
+      >>> from pcjax.losses import perception_coherence_loss
+      >>> import jax
+      >>> key_t, key_s = jax.random.split(jax.random.key(0))
+      >>> teacher = jax.random.normal(key_t, (32, 8))
+      >>> student = teacher[:, :4] + 0.3 * jax.random.normal(key_s, (32, 4))
+      >>> print(f"{perception_coherence_loss(student, teacher):.4f}")
+      0.0523
+      >>> print(jax.grad(perception_coherence_loss)(student, teacher).shape)
+      (32, 4)
+      >>> print(f"{perception_coherence_loss(student, teacher, neighbourhood=5):.4f}")
+      0.0476
     """
-    _check_common(
+    student_features, teacher_features, mask = _check_common(
         student_features, teacher_features, mask, student_dissimilarity, teacher_dissimilarity
     )
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
     if regularization not in REGULARIZATIONS:
-        raise ValueError(f"regularization must be one of {REGULARIZATIONS}, got {regularization!r}.")
+        raise ValueError(
+            f"regularization must be one of {REGULARIZATIONS}, got {regularization!r}."
+        )
+    smallest = 2 if objective == "spearman" else 1
+    if neighbourhood is not None and (
+        isinstance(neighbourhood, bool) or not isinstance(neighbourhood, int)
+        or neighbourhood < smallest
+    ):
+        raise ValueError(
+            f"neighbourhood must be None or an integer >= {smallest} with objective "
+            f"{objective!r}, got {neighbourhood!r}."
+        )
     # Checked before eps is used in _excluded_gap, so a bad value gets soft_rank's clear error.
     _check_options(regularization_strength, regularization, "ascending")
     batch = student_features.shape[0]
@@ -277,36 +339,43 @@ def perception_coherence_loss(
     options = dict(
         student_dissimilarity=student_dissimilarity, teacher_dissimilarity=teacher_dissimilarity,
         regularization_strength=regularization_strength, regularization=regularization,
-        objective=objective, dtype=dtype,
+        objective=objective, neighbourhood=neighbourhood, dtype=dtype,
     )
 
     if axis_name is not None:
         total, count = _local_sums(student, teacher, valid, axis_name, options)
         total = jax.lax.psum(total, axis_name)
         count = jax.lax.psum(count, axis_name)
-    elif (axes := _mesh_batch_axes(student, batch)) is None:
+    elif (found := _explicit_batch_axes(student, teacher)) is None:
         rows = jnp.arange(batch)
-        total, count = _row_losses(student, teacher, rows, valid, student, teacher, valid, **options)
+        total, count = _row_losses(
+            student, teacher, rows, valid, student, teacher, valid, **options
+        )
     else:
+        mesh, axes = found
         spec = PartitionSpec(axes)
-        if jax.typeof(student).sharding.spec[0] is not None:
-            # Explicit axes: shard_map's in_specs must match the operands' types.
-            student, teacher, valid = (
-                jax.sharding.reshard(x, spec) for x in (student, teacher, valid)
-            )
 
         def local(student, teacher, valid):
             return tuple(x[None] for x in _local_sums(student, teacher, valid, axes, options))
 
-        # Per-device partial sums leave the map sharded and are added outside: the body needs no
-        # psum, hence no replication typing (check_vma), and all_gather's transpose (a
-        # reduce-scatter) gives every device the gradient of the global loss for its rows.
-        totals, counts = jax.shard_map(
-            local, in_specs=(spec, spec, spec), out_specs=(spec, spec), axis_names=set(axes),
-            check_vma=False,
-        )(student, teacher, valid)
+        def split(*operands):
+            # shard_map's in_specs must match the operands' types, hence the reshard.
+            sharding = jax.sharding.NamedSharding(mesh, spec)
+            operands = (jax.sharding.reshard(x, sharding) for x in operands)
+            # Per-device partial sums leave the map sharded and are added outside: the body
+            # needs no psum, hence no replication typing (check_vma), and all_gather's
+            # transpose (a reduce-scatter) gives every device the global loss's gradient for
+            # its rows.
+            return jax.shard_map(
+                local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=(spec, spec),
+                axis_names=set(axes), check_vma=False,
+            )(*operands)
+
+        # jit: the types' mesh is abstract, which eager operations outside jax.set_mesh refuse.
+        totals, counts = jax.jit(split)(student, teacher, valid)
         total, count = jnp.sum(totals), jnp.sum(counts)
-    return jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0).astype(dtype)
+    # No reference counted: 0, or NaN if the features are not finite (total * 0).
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), total * 0.0).astype(dtype)
 
 
 def pc_score(
@@ -326,7 +395,8 @@ def pc_score(
     with C_i every other valid sample and Spearman's rho the Pearson correlation of hard ranks
     (ties averaged), as ``scipy.stats.spearmanr``. In [-1, 1]: 1 means the student orders every
     row like the teacher, 0 an unrelated order, -1 the reversed order. A row that is constant on
-    either side counts as 0.
+    either side counts as 0. NaN or Inf in a valid sample gives NaN; finite features of any
+    scale are scored exactly (as in the loss).
 
     Fewer than 3 samples: like the loss, a batch of fewer than 3 rows raises ValueError. With a
     mask leaving fewer than 3 valid samples no correlation exists and the score is NaN (the loss
@@ -345,9 +415,17 @@ def pc_score(
 
     Returns:
       A scalar of the loss's dtype rule: float32, or float64 when a feature array is float64.
+
+    Examples:
+      >>> from pcjax.losses import pc_score
+      >>> import jax
+      >>> key_t, key_s = jax.random.split(jax.random.key(0))
+      >>> teacher = jax.random.normal(key_t, (32, 8))
+      >>> student = teacher[:, :4] + 0.3 * jax.random.normal(key_s, (32, 4))
+      >>> print(f"{pc_score(student, teacher):.3f}, {pc_score(teacher, teacher):.3f}")
+      0.659, 1.000
     """
-    student_features, teacher_features = jnp.asarray(student_features), jnp.asarray(teacher_features)
-    _check_common(
+    student_features, teacher_features, mask = _check_common(
         student_features, teacher_features, mask, student_dissimilarity, teacher_dissimilarity
     )
     num = student_features.shape[0]
@@ -357,6 +435,9 @@ def pc_score(
     if chunk < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
     valid = jnp.ones((num,), bool) if mask is None else jnp.asarray(mask, bool)
+    # Padded rows may hold anything (NaN included): only the valid rows are read.
+    student = jnp.where(valid[:, None], student_features, 0)
+    teacher = jnp.where(valid[:, None], teacher_features, 0)
     num_chunks = -(-num // chunk)
     # Padding references up to a whole number of chunks: they are marked invalid.
     ref_indices = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
@@ -364,21 +445,18 @@ def pc_score(
     def chunk_sums(ref_index):
         ref_valid = (ref_index < num) & valid[jnp.minimum(ref_index, num - 1)]
         compared, count = _compared_set(ref_index, valid)
-        count_safe = jnp.maximum(count, 1).astype(dtype)[:, None]
         refs = jnp.minimum(ref_index, num - 1)
-        student_d = pairwise_dissimilarity(
-            student_features[refs], student_features, student_dissimilarity
-        )
-        teacher_d = pairwise_dissimilarity(
-            teacher_features[refs], teacher_features, teacher_dissimilarity
-        )
+        student_d = _scale_free_dissimilarity(student[refs], student, student_dissimilarity)
+        teacher_d = _scale_free_dissimilarity(teacher[refs], teacher, teacher_dissimilarity)
         correlation = _masked_pearson(
             _hard_ranks_within(student_d, compared), _hard_ranks_within(teacher_d, compared),
-            compared, count_safe,
+            compared, _counts(compared, dtype),
         )
         counted = ref_valid & (count >= MIN_VALID - 1)
         return jnp.sum(jnp.where(counted, correlation, 0.0)), jnp.sum(counted)
 
     totals, counts = jax.lax.map(chunk_sums, ref_indices)
     count = jnp.sum(counts)
-    return jnp.where(count > 0, jnp.sum(totals) / jnp.maximum(count, 1), jnp.nan).astype(dtype)
+    # Ranks of NaN or Inf features would correlate as 0 or better: the score is NaN instead.
+    defined = (count > 0) & jnp.all(jnp.isfinite(student)) & jnp.all(jnp.isfinite(teacher))
+    return jnp.where(defined, jnp.sum(totals) / jnp.maximum(count, 1), jnp.nan).astype(dtype)

@@ -95,7 +95,7 @@ class ResNet(nnx.Module):
         num_classes: int,
     ):
         self.stem_kind = stem
-        self.stage_sizes = tuple(stage_sizes)  # names blocks as stage.index (pcjax.models.convert)
+        self.stage_sizes = tuple(stage_sizes)  # names blocks as stage.index (pcjax.convert)
         kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)
         self.stem = ConvBN(layers, 3, stem_width, kernel, stride)
         blocks = []

@@ -51,7 +51,7 @@ class WideResNet(nnx.Module):
             raise ValueError(f"depth must be 6n + 4 for a wide ResNet, got {depth}")
         n = (depth - 4) // 6
         widths = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        self.stage_sizes = (n,) * len(widths)  # names blocks as stage.index (models.convert)
+        self.stage_sizes = (n,) * len(widths)  # names blocks as stage.index (pcjax.convert)
         self.stem = layers.conv(3, 16, 3)
         blocks = []
         in_planes = 16

@@ -1,39 +1,16 @@
-"""Converts a PyTorch checkpoint of a reference-zoo teacher into a pcjax teacher export.
+"""Maps a RepDistiller or torchvision state_dict by name onto a pcjax model's variables.
 
-    python -m pcjax.models.convert --arch resnet32x4 --from ckpt_epoch_240.pth --to teachers/r32x4
-    python train.py --config configs/cifar100.py:resnet32x4_resnet8x4 \\
-        --config.teacher.checkpoint=teachers/r32x4
-
-Sources (``--arch`` is the pcjax model name):
-
-* RepDistiller's CIFAR teachers, a dict whose ``"model"`` entry is the state_dict:
-  ``resnet{8,14,20,32,44,56,110}``, ``resnet{8,32}x4`` (its models/resnet.py), ``resnet50``
-  (models/resnetv2.py's ``ResNet50``), ``wrn_{16,40}_{1,2}`` (wrn.py), ``vgg{8,11,13,16,19}``
-  (vgg.py's ``*_bn``);
-* torchvision's ``resnet18/34/50`` state_dicts: ``imagenet_resnet{18,34,50}``.
-
-A plain state_dict is accepted as well as one under ``"model"``, and the ``module.`` prefix that
-``nn.DataParallel`` adds is removed. The number of classes is read from the classifier's weight.
-
-Every tensor is mapped by name onto one pcjax variable: convolution weights OIHW -> HWIO, linear
-weights transposed, BatchNorm ``weight``/``bias``/``running_mean``/``running_var`` onto
+Every tensor is mapped onto one pcjax variable: convolution weights OIHW -> HWIO, linear weights
+transposed, BatchNorm ``weight``/``bias``/``running_mean``/``running_var`` onto
 ``scale``/``bias``/``mean``/``var``. BatchNorm's ``num_batches_tracked`` is consumed and dropped:
 PyTorch uses it only for ``momentum=None`` (a cumulative average), which neither zoo uses. Every
 pcjax variable must be filled and every tensor used, with the shape pcjax expects; otherwise
 :class:`ConversionError` lists everything missing, left over and mismatched at once.
-
-The output is exactly the teacher export that train.py writes and reads
-(``{"params", "model_state"}`` through ``pcjax.training.checkpoint.save_model``). PyTorch is
-imported only to read the file (``pip install 'pcjax[torch]'``); mapping and writing use NumPy
-and JAX.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -41,6 +18,8 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from pcjax import models
+from pcjax.convert import pth
+from pcjax.training import state as state_lib
 
 Path = tuple  # a module's path in the NNX graph, e.g. ("blocks", 3, "conv1", "bn")
 
@@ -133,7 +112,12 @@ _DROPPED = "num_batches_tracked"
 
 
 def archs() -> tuple[str, ...]:
-    """The ``--arch`` names the converter knows, sorted."""
+    """The ``--arch`` names the converter knows, sorted.
+
+    Examples:
+      >>> print(archs()[:3])
+      ('imagenet_resnet18', 'imagenet_resnet34', 'imagenet_resnet50')
+    """
     return tuple(sorted(NAMINGS))
 
 
@@ -142,9 +126,15 @@ def archs() -> tuple[str, ...]:
 
 def unwrap_state_dict(checkpoint: Mapping) -> dict:
     """The state_dict in a RepDistiller checkpoint (``"model"``) or a plain one, without the
-    ``module.`` prefix of ``nn.DataParallel``."""
+    ``module.`` prefix of ``nn.DataParallel``.
+
+    Examples:
+      >>> ckpt = {"epoch": 240, "model": {"module.fc.bias": 0.5, "module.fc.weight": 1.5}}
+      >>> print(unwrap_state_dict(ckpt))
+      {'fc.bias': 0.5, 'fc.weight': 1.5}
+    """
     state = checkpoint.get("model", checkpoint)
-    if not isinstance(state, Mapping) or not state:
+    if not isinstance(state, Mapping) or not state or not all(isinstance(k, str) for k in state):
         raise ConversionError(
             'expected a state_dict (name -> tensor) or a dict holding one under "model", got '
             f"{type(state).__name__}{'' if state else ' (empty)'}"
@@ -155,29 +145,32 @@ def unwrap_state_dict(checkpoint: Mapping) -> dict:
     return dict(state)
 
 
-def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
-    """Loads `path` with ``torch.load`` (tensors only, onto the CPU) as NumPy arrays by name."""
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(
-            "reading PyTorch checkpoints needs PyTorch: pip install 'pcjax[torch]'"
-        ) from e
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--from: no checkpoint file at {path}")
-    # weights_only refuses arbitrary pickled objects; RepDistiller's *_last.pth also stores its
-    # argparse options, which are plain data.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """The state_dict in the ``.pth`` file `path` (see :func:`unwrap_state_dict`), by name.
+
+    Raises FileNotFoundError and :class:`pcjax.convert.pth.PthError` as
+    :func:`pcjax.convert.pth.read_pth` does, and ConversionError for a checkpoint that holds no
+    state_dict or one with entries that are not tensors.
+
+    Examples:
+      >>> try:
+      ...     read_state_dict("no/such/ckpt_epoch_240.pth")
+      ... except FileNotFoundError as e:
+      ...     print(e)
+      no checkpoint file at no/such/ckpt_epoch_240.pth
+    """
+    checkpoint = pth.read_pth(path)
     if not isinstance(checkpoint, Mapping):
         raise ConversionError(f"{path}: expected a dict, got {type(checkpoint).__name__}")
-    arrays = {}
-    for key, value in unwrap_state_dict(checkpoint).items():
-        if not isinstance(value, torch.Tensor):
+    try:
+        arrays = unwrap_state_dict(checkpoint)
+    except ConversionError as e:
+        raise ConversionError(f"{path}: {e}") from None
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):
             raise ConversionError(
                 f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor"
             )
-        arrays[key] = value.detach().cpu().numpy()
     return arrays
 
 
@@ -229,13 +222,20 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]):
       ValueError: `arch` unknown (the message lists the known ones).
       ConversionError: no classifier weight; pcjax variables without a tensor, tensors left
         over, or shapes that differ (all listed in one message).
+
+    Examples:
+      >>> state_dict = {"fc.weight": np.zeros((10, 64), np.float32)}
+      >>> try:
+      ...     convert_state_dict("resnet8", state_dict)
+      ... except ConversionError as e:
+      ...     for line in str(e).splitlines()[:3]:
+      ...         print(line)
+      the checkpoint does not fit resnet8 (10 classes):
+        46 pcjax variables with no tensor:
+          layer1.0.bn1.bias (16,) (pcjax blocks/0/conv1/bn/bias)
     """
     if arch not in NAMINGS:
         raise ValueError(f"arch: unknown architecture {arch!r}; known: {', '.join(archs())}")
-    # The split the trainer exports with; imported here because pcjax.training also brings in the
-    # input pipeline and the metric writer, which reading the mapping does not need.
-    from pcjax.training import state as state_lib
-
     classifier = NAMINGS[arch].classifier + ".weight"
     if classifier not in state_dict or np.ndim(state_dict[classifier]) != 2:
         raise ConversionError(
@@ -281,49 +281,3 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]):
     for state, flat in filled:
         nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
     return graphdef, {"params": params, "model_state": model_state}
-
-
-def convert(arch: str, source: str, destination: str) -> dict:
-    """Reads the PyTorch checkpoint `source`, converts it to `arch`, exports it to `destination`.
-
-    Returns the exported variables. Raises FileExistsError if `destination` exists (an export is
-    written once), plus the errors of :func:`read_torch_checkpoint` and
-    :func:`convert_state_dict`.
-    """
-    from pcjax.training import checkpoint
-
-    if os.path.exists(destination):
-        raise FileExistsError(f"--to: {destination} already exists; choose a new directory")
-    _, variables = convert_state_dict(arch, read_torch_checkpoint(source))
-    checkpoint.save_model(destination, variables)
-    return variables
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pcjax.models.convert",
-        description="Convert a RepDistiller or torchvision checkpoint into a pcjax teacher "
-        "export (use it with --config.teacher.checkpoint=DIR).",
-    )
-    parser.add_argument("--arch", required=True, choices=archs(), metavar="NAME",
-                        help=f"pcjax model name: {', '.join(archs())}")
-    parser.add_argument("--from", dest="source", required=True, metavar="PATH.pth",
-                        help="PyTorch checkpoint (RepDistiller ckpt or torchvision state_dict)")
-    parser.add_argument("--to", dest="destination", required=True, metavar="DIR",
-                        help="new directory for the exported teacher")
-    args = parser.parse_args(argv)
-    try:
-        variables = convert(args.arch, args.source, args.destination)
-    except (ConversionError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    kernel = variables["params"]["fc"]["kernel"]
-    print(
-        f"{args.arch} ({kernel.shape[-1]} classes) from {args.source} -> "
-        f"{os.path.abspath(args.destination)}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
