@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import pickle
 import shutil
@@ -55,6 +56,7 @@ import jax
 import numpy as np
 
 import paired
+from pcjax import metrics
 from pcjax.training import build, evaluation, loop, sharding
 from pcjax.training import config as config_lib
 from pcjax.training import logging as log_lib
@@ -154,7 +156,21 @@ def score(spec: RunSpec, forward, variables, teacher_test=None, pc_kwargs=None):
     val, test = scores[VALIDATION], scores[TEST]
     return {"validation_probe": val["linear_probe"], "validation_top1": val["top1"],
             "probe": test["linear_probe"], "knn": test["knn"], "top1": test["top1"],
-            "pc_score": test.get("pc_score", np.nan)}, preds[TEST]
+            "pc_score": test.get("pc_score", np.nan),
+            **similarity(preds[TEST], teacher_test)}, preds[TEST]
+
+
+_CKA = jax.jit(metrics.linear_cka)
+_RECALL = jax.jit(functools.partial(metrics.neighbourhood_recall, k=10))
+
+
+def similarity(student: dict, teacher: dict | None) -> dict[str, float]:
+    """Scores PC does not train on: linear CKA and the k=10 teacher-neighbourhood recall of the
+    student's test features against the teacher's (NaN without a teacher)."""
+    if teacher is None:
+        return {"cka": np.nan, "recall": np.nan}
+    pair = (student["features"], teacher["features"])
+    return {"cka": float(_CKA(*pair)), "recall": float(_RECALL(*pair))}
 
 
 def cached(path: str, compute):
@@ -314,7 +330,7 @@ def against(results: dict, keys: dict[str, str]) -> list[str]:
         for key in keys:
             a, b = ([r["scores"][key][list(r["seeds"]).index(s)] for s in seeds]
                     for r in (ref, row))
-            scale, digits = (1.0, 4) if key == "pc_score" else (100.0, 2)
+            scale, digits = (100.0, 2) if key in ("probe", "knn", "top1") else (1.0, 4)
             mean, low, high = (scale * x for x in paired.interval(a, b))
             cells.append(f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] "
                          f"{paired.verdict(low, high)}")
@@ -355,11 +371,14 @@ def markdown(dataset: str, results: dict, args, load: tuple[float, float], secon
         f"(seed {args.teacher_seed}, {args.teacher_steps} steps, lr {TEACHER_LR}). Linear probe: "
         f"L-BFGS logistic regression on standardized frozen features; kNN: k={knn_k}, cosine, "
         "weighted vote; pc_score: mean Spearman correlation of the student's and teacher's "
-        "test-set dissimilarity rankings. Top-1 is only meaningful for models trained with labels.",
+        "test-set dissimilarity rankings (what PC trains on); CKA: linear CKA of the student's "
+        "and teacher's test features; recall@10: mean fraction of each test point's 10 teacher "
+        "nearest neighbours among its 10 student nearest neighbours. Top-1 is only meaningful "
+        "for models trained with labels.",
         "",
-        "| model | lr | top-1 % | linear probe % | kNN % | pc_score | val. "
+        "| model | lr | top-1 % | linear probe % | kNN % | pc_score | CKA | recall@10 | val. "
         f"{'top-1' if aware else 'linear probe'} % |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, result in results.items():
         scores = result["scores"]
@@ -368,11 +387,13 @@ def markdown(dataset: str, results: dict, args, load: tuple[float, float], secon
             f"| {label} | {result['lr'] if result['lr'] is not None else '—'} | "
             f"{cell(scores['top1'], True) if with_labels else '—'} | "
             f"{cell(scores['probe'], True)} | {cell(scores['knn'], True)} | "
-            f"{'—' if label == 'teacher' else cell(scores['pc_score'], False)} | "
+            + "".join(f"{'—' if label == 'teacher' else cell(scores[k], False)} | "
+                      for k in ("pc_score", "cka", "recall")) +
             f"{cell(scores['validation_top1' if aware else 'validation_probe'], True)} |"
         )
     keys = ({"top1": "top-1 (points)"} if aware else {
-        "probe": "linear probe (points)", "knn": "kNN (points)", "pc_score": "pc_score"})
+        "probe": "linear probe (points)", "knn": "kNN (points)", "pc_score": "pc_score",
+        "cka": "CKA", "recall": "recall@10"})
     lines += [
         "",
         f"{REFERENCE} against every row, paired over the same seeds (same initialization and "
