@@ -28,9 +28,9 @@ for the supervised student); the test split is only used for the reported number
 Budget: every student gets the same number of adamw steps (no weight decay, constant rate) at the
 same batch size, at each of the learning rates of the sweep, for every seed. Seed s fixes the
 student's initialization and its batch order, so rows compare paired by seed. Every (seed,
-learning rate) member trains alone, so its result does not depend on the other members (a
-vmapped population's batched kernels order float sums by its size); the members of a method
-share one compiled step (the learning rate is a factor in the optimizer state).
+learning rate) member trains alone, so its result does not depend on the other members (vmapping
+members together would order float sums by their number); the members of a method share one
+compiled step (the learning rate is a factor in the optimizer state, ``rate_factor=True``).
 
     python benchmarks/transfer.py --dataset digits --seeds 10 [--protocol class_aware]
     python benchmarks/transfer.py --dataset mnist1d --seeds 5:15 [--protocol class_aware]
@@ -112,7 +112,7 @@ METHODS = {
 def method_config(dataset: str, method: Method, *, seed: int, steps: int, teacher_steps: int,
                   batch_size: int, protocol: str = "class_unaware"):
     """The train.py config of one run: `method`'s student at `seed` (learning rate 1, scaled per
-    population member), the teacher at TEACHER_SEED and TEACHER_LR."""
+    member), the teacher at TEACHER_SEED and TEACHER_LR."""
     config = config_lib.base_config()
     config.dataset, config.seed = dataset, seed
     config.teacher.model, config.student.model = MODELS[dataset]
@@ -220,7 +220,7 @@ def train_teacher(dataset: str, budget: dict, mesh, workdir: str,
 
 
 def at_rate(phase: build.Phase, lr: float) -> build.Phase:
-    """`phase` (built with ``population=True`` at learning rate 1) training at rate `lr`."""
+    """`phase` (built with ``rate_factor=True`` at learning rate 1) training at rate `lr`."""
     *opt_state, scale = phase.state.opt_state
     factor = jax.device_put(np.float32(lr), scale.hyperparams["step_size"].sharding)
     scale = scale._replace(hyperparams={"step_size": factor})
@@ -243,7 +243,7 @@ def run_method(method: Method, teacher: dict, dataset: str, seeds, learning_rate
         start = time.perf_counter()
         spec = resolve(method_config(dataset, method, seed=seed, protocol=protocol, **budget),
                        mesh)
-        phase = build.student_phase(spec, teacher["model"], population=True)
+        phase = build.student_phase(spec, teacher["model"], rate_factor=True)
         # The members' configs differ only in the seed (the rate is a factor in the state), so
         # they share one step and one forward, each compiled once.
         shared.setdefault("step", phase.step)

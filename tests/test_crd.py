@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from float32 import assert_close
 from pcjax.losses import crd
 from pcjax.losses.crd_heads import CRDHeads
-from pcjax.training import build, checkpoint, population, sharding, spec as spec_lib
+from pcjax.training import build, checkpoint, sharding, spec as spec_lib
 from pcjax.training import config as config_lib
 from pcjax.training import state as state_lib
 
@@ -314,29 +314,3 @@ def test_bad_crd_option_is_rejected_naming_the_key(kwargs, message):
     config.distill.loss_kwargs.update(kwargs)
     with pytest.raises(config_lib.ConfigError, match=f"config.distill.{message}"):
         spec_lib.resolve(config, sharding.make_mesh(1), num_train_examples=100)
-
-
-def test_population_member_equals_its_own_crd_run():
-    """Two CRD students (seeds 0 and 1) as one vmapped population: each keeps its own memory and
-    negatives' key, and ends where its own run ends."""
-    mesh = sharding.make_mesh(1)
-    configs = [_crd_config() for _ in range(2)]
-    configs[1].seed = 1
-    specs = [spec_lib.resolve(c, mesh) for c in configs]
-    teacher = build.teacher_phase(specs[0])
-    teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
-    pop = population.stack(
-        [build.student_phase(s, teacher, population=True) for s in specs], [1.0, 1.0])
-    num_examples = pop.state.loss_state["crd"].bank_s.shape[1]
-    rng = np.random.default_rng(0)
-    batches = [[_batch(rng, num_examples) for _ in configs] for _ in range(2)]
-    state, step = pop.state, jax.jit(pop.step)
-    for members in batches:
-        state, _ = step(state, jax.tree.map(lambda *x: np.stack(x), *members), teacher.variables)
-    for i, spec in enumerate(specs):
-        alone = build.student_phase(spec, teacher)
-        single, single_step = alone.state, jax.jit(alone.step)
-        for members in batches:
-            single, _ = single_step(single, members[i], teacher.variables)
-        jax.tree.map(lambda a, b: assert_close(a[i], b, rtol=1e-4, rel_atol=1e-4),
-                     (state.params, state.loss_state), (single.params, single.loss_state))

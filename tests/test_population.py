@@ -39,7 +39,7 @@ def test_a_member_alone_equals_the_member_trained_after_others(caplog):
                 "index": np.arange(16, dtype=np.int32)} for _ in range(3)]
 
     def train(seed, lr, step=None):
-        phase = build.student_phase(_spec(seed, mesh), teacher, population=True)
+        phase = build.student_phase(_spec(seed, mesh), teacher, rate_factor=True)
         phase = transfer.at_rate(phase, lr)
         state = phase.state
         jitted = build.jit_step(step or phase.step, mesh)

@@ -16,7 +16,7 @@ import pytest
 
 from float32 import assert_close
 from pcjax.metrics import pc_score
-from pcjax.training import build, checkpoint, evaluation, loop, optim, population, report
+from pcjax.training import build, checkpoint, evaluation, loop, optim, report
 from pcjax.training import sharding, spec as spec_lib, trainer
 from pcjax.training import config as config_lib
 from pcjax.training import logging as log_lib
@@ -315,50 +315,42 @@ def test_eight_devices_give_the_one_device_loss_trajectory():
     )
 
 
-# ----------------------------------------------------------------------------- population, forward
+# ----------------------------------------------------------------------------- rate factor, forward
 
 
-def test_population_step_equals_independent_runs_of_the_single_step():
-    """Three students (seeds 0, 1, 1 at learning-rate factors 1, 0.5, 3) trained as one vmapped
-    population end where three runs of the single step at those learning rates end."""
+def test_a_rate_factor_in_the_state_equals_the_rate_times_the_factor():
+    """A student built with ``rate_factor=True`` at factors 0.5 and 3 ends where plain runs at
+    0.5x and 3x the learning rate end (sgd and adamw updates are linear in the rate)."""
     config = tiny_digits_config()
     mesh = sharding.make_mesh(1)
     teacher = build.teacher_phase(spec_lib.resolve(config, mesh, num_train_examples=100))
     teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
-    members = ((0, 1.0), (1, 0.5), (1, 3.0))
     rng = np.random.default_rng(0)
-    batches = [
-        {
-            "image": rng.normal(size=(len(members), 16, 8, 8, 1)).astype(np.float32),
-            "label": rng.integers(0, 10, (len(members), 16)).astype(np.int32),
-        }
-        for _ in range(4)
-    ]
+    batches = [{"image": rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
+                "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(4)]
 
-    def member(seed, factor=1.0):
+    def run(factor, rate_factor):
         cfg = config.copy_and_resolve_references()
-        cfg.seed = seed
-        cfg.student.train.optimizer.learning_rate *= factor
-        return spec_lib.resolve(cfg, mesh, num_train_examples=100)
-
-    pop = population.stack(
-        [build.student_phase(member(seed), teacher, population=True) for seed, _ in members],
-        [factor for _, factor in members],
-    )
-    step, state = jax.jit(pop.step), pop.state
-    for b in batches:
-        state, pop_metrics = step(state, b, teacher.variables)
-    for i, (seed, factor) in enumerate(members):
-        single = build.student_phase(member(seed, factor), teacher)
-        step, alone = jax.jit(single.step), single.state
+        if not rate_factor:
+            cfg.student.train.optimizer.learning_rate *= factor
+        phase = build.student_phase(spec_lib.resolve(cfg, mesh, num_train_examples=100),
+                                    teacher, rate_factor=rate_factor)
+        state = phase.state
+        if rate_factor:
+            *opt_state, scale = state.opt_state
+            scale = scale._replace(hyperparams={"step_size": jnp.float32(factor)})
+            state = state.replace(opt_state=(*opt_state, scale))
+        step = jax.jit(phase.step)
         for b in batches:
-            alone, metrics = step(alone, jax.tree.map(lambda x: x[i], b), teacher.variables)
-        for key in ("loss", "learning_rate"):
-            assert_close(pop_metrics[key][i], metrics[key])
+            state, metrics = step(state, b, teacher.variables)
+        return state.params, metrics["loss"]
+
+    for factor in (0.5, 3.0):
+        (scaled, scaled_loss), (plain, plain_loss) = run(factor, True), run(factor, False)
+        assert_close(scaled_loss, plain_loss)
         # Four adamw steps from equal states: the factor applied after the update instead of in
         # the rate rounds differently, and the next gradients carry it.
-        jax.tree.map(lambda a, b: assert_close(a[i], b, rtol=1e-4, rel_atol=1e-4),
-                     state.params, alone.params)
+        jax.tree.map(lambda a, b: assert_close(a, b, rtol=1e-4, rel_atol=1e-4), scaled, plain)
 
 
 def test_jitting_a_models_forward_twice_compiles_it_once(caplog):

@@ -101,38 +101,39 @@ class Phase:
         return steps_lib.make_forward(self.graphdef)
 
 
-def _phase(spec: RunSpec, phase: PhaseSpec, model_fn, make_step, teacher, abstract, population,
+def _phase(spec: RunSpec, phase: PhaseSpec, model_fn, make_step, teacher, abstract, rate_factor,
            loss_state_fn=None) -> Phase:
     tx, schedule = optim.make_optimizer(phase.train, phase.steps)
-    if population:  # A last factor on the update: the member's learning-rate factor.
+    if rate_factor:  # A last factor on the update, held in the state (opt_state[-1]).
         tx = optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=1.0))
     graphdef, state = state_lib.create(model_fn, tx, sharding.replicated(spec.mesh),
                                        abstract=abstract, loss_state_fn=loss_state_fn)
     return Phase(phase, graphdef, state, make_step(graphdef, tx, schedule), teacher)
 
 
-def teacher_phase(spec: RunSpec, *, abstract: bool = False, population: bool = False) -> Phase:
+def teacher_phase(spec: RunSpec, *, abstract: bool = False, rate_factor: bool = False) -> Phase:
     """The teacher phase: the teacher network, cross-entropy on the labels.
 
     Args:
         spec: the run.
         abstract: a state of ``jax.ShapeDtypeStruct``s (nothing computed), for tracing.
-        population: the optimizer ends in a learning-rate factor, for
-          `pcjax.training.population`.
+        rate_factor: the optimizer ends in a learning-rate factor held in the state
+          (``opt_state[-1].hyperparams["step_size"]``, 1 at first): one compiled step then trains
+          at any rate (sgd and adamw updates are linear in the rate), as the benchmarks do.
     """
     return _phase(spec, spec.teacher, _network(spec, spec.teacher),
-                  steps_lib.make_supervised_step, None, abstract, population)
+                  steps_lib.make_supervised_step, None, abstract, rate_factor)
 
 
 @functools.lru_cache(maxsize=4)
 def _train_labels(dataset: str, split: str, data_dir) -> tuple[int, ...]:
-    """The labels of a split, decoded once per process (a population's members share them)."""
+    """The labels of a split, decoded once per process (runs of one process share them)."""
     return tuple(int(example["label"]) for example in data.source(dataset, split,
                                                                   data_dir=data_dir))
 
 
 def student_phase(spec: RunSpec, teacher: Model, *, abstract: bool = False,
-                  population: bool = False) -> Phase:
+                  rate_factor: bool = False) -> Phase:
     """The distillation phase: the student learns from the frozen `teacher` with the run's
     transfer loss, protocol weights and KD temperature. Arguments as `teacher_phase`.
 
@@ -151,7 +152,7 @@ def student_phase(spec: RunSpec, teacher: Model, *, abstract: bool = False,
             weights=dict(spec.weights), kd_temperature=spec.kd_temperature)
 
     return _phase(spec, spec.student, _student(spec, bound.heads), make_step, teacher.variables,
-                  abstract, population, lambda: bound.init(jax.random.PRNGKey(spec.loss_seed)))
+                  abstract, rate_factor, lambda: bound.init(jax.random.PRNGKey(spec.loss_seed)))
 
 
 # ----------------------------------------------------------------------------- jit

@@ -4,11 +4,10 @@ Every train step has one signature, ``step(state, batch, teacher) -> (state, met
 a `TrainState`, `batch` {"image": (B, ...) float32, "label": (B,) int, "index": (B,) int},
 `teacher` the frozen teacher's variables (the teacher's own phase passes None and ignores it).
 Each is a pure function of arrays; `pcjax.training.build` jits it over the mesh with explicit
-shardings and donates the state, or `pcjax.training.population` vmaps it over a stack of states. A step applies one update of the
-phase's optimizer (``tx``). The only random numbers a step draws are a stateful transfer loss's
-(CRD's negatives), from a key in its state folded with ``state.step``, so a resumed run draws what
-an uninterrupted one does; the batch's "index" (each example's position in the train split)
-addresses its memory.
+shardings and donates the state. A step applies one update of the phase's optimizer (``tx``).
+The only random numbers a step draws are a stateful transfer loss's (CRD's negatives), from a key
+in its state folded with ``state.step``, so a resumed run draws what an uninterrupted one does;
+the batch's "index" (each example's position in the train split) addresses its memory.
 """
 
 from __future__ import annotations
