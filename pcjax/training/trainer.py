@@ -23,6 +23,7 @@ from pcjax.training import state as state_lib
 from pcjax.training.build import STUDENT, TEACHER, Model
 from pcjax.training.loop import Context, TrainingDivergedError, last_checkpoint, run_phase
 from pcjax.training.report import summary_table
+from pcjax.training.workdir import WorkdirLock
 
 __all__ = ["Context", "Model", "TrainingDivergedError", "default_workdir", "evaluate",
            "last_checkpoint", "pc_dissimilarities", "run", "student_phase", "summary_table",
@@ -190,19 +191,20 @@ def run(
     for split in (config.train_split, config.eval_split):
         data.source(config.dataset, split, data_dir=config.data_dir or None)
     config_lib.check_batch_sizes(config, build.num_train_examples(config))
-    saved = log_lib.saved_config(workdir)
-    if saved is not None:
-        config_lib.check_resume(saved, config, workdir=workdir, extend=extend)
-    writer = log_lib.MetricWriter(workdir)
-    log_lib.save_config(config, workdir)
-    ctx = Context(config, workdir, mesh, writer)
-    try:
-        teacher = teacher_phase(ctx)
-        student = student_phase(ctx, teacher)
-        results = evaluate(ctx, teacher, student)
-        writer.rewind("final", -1)  # A rerun of a finished job replaces its final record.
-        writer.write("final", "eval", 0, results)
-    finally:
-        writer.close()
-    report.write_results(workdir, results)
-    return results
+    with WorkdirLock(workdir):  # One run per workdir; the lock file creates the workdir.
+        saved = log_lib.saved_config(workdir)
+        if saved is not None:
+            config_lib.check_resume(saved, config, workdir=workdir, extend=extend)
+        writer = log_lib.MetricWriter(workdir)
+        log_lib.save_config(config, workdir)
+        ctx = Context(config, workdir, mesh, writer)
+        try:
+            teacher = teacher_phase(ctx)
+            student = student_phase(ctx, teacher)
+            results = evaluate(ctx, teacher, student)
+            writer.rewind("final", -1)  # A rerun of a finished job replaces its final record.
+            writer.write("final", "eval", 0, results)
+        finally:
+            writer.close()
+        report.write_results(workdir, results)
+        return results
