@@ -50,7 +50,7 @@ def describe(error: Exception) -> str:
     """The exception's type and the first line of its message: a restore failure in one line.
 
     Examples:
-        >>> describe(ValueError("bad read. See full TensorStore details: <bound method>\nmore"))
+        >>> describe(ValueError("bad read. See full TensorStore details: <bound method>"))
         'ValueError: bad read.'
     """
     lines = str(error).strip().splitlines()
