@@ -31,7 +31,7 @@ _SIGNALS = []
 for _signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(_signum, lambda signum, frame: _SIGNALS.append(signum))
 
-from absl import app, flags, logging  # noqa: E402 - after the signal handlers.
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 USAGE, FAILURE = 2, 1
@@ -112,9 +112,9 @@ def main(argv):
     try:
         import jax
 
+        # Devices must not be touched before distributed init.
         from pcjax.training import logging as log_lib
-        from pcjax.training import preemption
-        from pcjax.training import sharding  # Devices must not be touched before distributed init.
+        from pcjax.training import preemption, sharding
 
         if not log_lib.tracebacks_requested():
             log_lib.quiet_library_output()

@@ -258,7 +258,7 @@ def test_an_unreadable_file_falls_back_with_one_line():
                     os.chown(os.path.join(root, name), 65534, -1)
         os.chmod(max(data_files(os.path.join(directory, "3")), key=os.path.getsize), 0)
         result = subprocess.run(
-            command, cwd=ROOT,
+            command, cwd=ROOT, check=False,
             capture_output=True, text=True, timeout=300,
             env={**os.environ, "PYTHONPATH": ROOT, "HOME": base},
         )
@@ -327,9 +327,8 @@ def test_lock_refuses_while_another_process_holds_it_and_is_taken_over_after_a_k
     finally:
         holder.kill()  # SIGKILL: no cleanup runs; the OS drops the lock.
         holder.wait()
-    with workdir.WorkdirLock(str(tmp_path)):
-        with open(tmp_path / ".lock") as f:
-            assert f.read().strip() == str(os.getpid())
+    with workdir.WorkdirLock(str(tmp_path)), open(tmp_path / ".lock") as f:
+        assert f.read().strip() == str(os.getpid())
     with workdir.WorkdirLock(str(tmp_path)):  # Released on exit.
         pass
 

@@ -39,7 +39,13 @@ class Preempted(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM outside a phase's step loop; ``exit_code`` is 128 + the signal number."""
+    """SIGINT or SIGTERM outside a phase's step loop; ``exit_code`` is 128 + the signal number.
+
+    Examples:
+        >>> error = Interrupted(signal.SIGTERM)
+        >>> error.exit_code, error.reason, isinstance(error, KeyboardInterrupt)
+        (143, 'terminated by SIGTERM', True)
+    """
 
     def __init__(self, signum: int):
         self.signum = signum
@@ -77,12 +83,21 @@ def install(received=()) -> None:
 
 
 def received() -> int | None:
-    """The first signal recorded by the handlers of `install`, or None."""
+    """The first signal recorded by the handlers of `install`, or None.
+
+    Examples:
+        >>> received() is None  # Nothing received in this process.
+        True
+    """
     return _received[0] if _received else None
 
 
 def check() -> None:
-    """Raises `Interrupted` if the handlers of `install` recorded a signal."""
+    """Raises `Interrupted` if the handlers of `install` recorded a signal.
+
+    Examples:
+        >>> check()  # Nothing received: returns.
+    """
     if _received:
         raise Interrupted(_received[0])
 

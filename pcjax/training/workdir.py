@@ -57,7 +57,8 @@ class WorkdirLock:
     def _acquire(self) -> int:
         """0 once this process holds the lock, else the holder's pid (-1 if unknown)."""
         os.makedirs(self.workdir, exist_ok=True)
-        f = open(os.path.join(self.workdir, LOCK_FILE), "a+")
+        # Held open while the run holds the lock: closing the file would release it.
+        f = open(os.path.join(self.workdir, LOCK_FILE), "a+")  # noqa: SIM115
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
