@@ -112,7 +112,7 @@ def main(argv):
     try:
         import jax
 
-        # Devices must not be touched before distributed init.
+        # Imported inside main: nothing may touch the devices before distributed init.
         from pcjax.training import logging as log_lib
         from pcjax.training import preemption, sharding
 

@@ -4,13 +4,15 @@ The lock is ``flock`` on ``<workdir>/.lock``, which the operating system release
 process ends however it ends, so a workdir left by a killed run is taken over without a stale
 lock to delete. The file holds the holder's process id, for the message that refuses a second
 run. The processes of one multi-process run are one run: process 0 takes the lock and every
-process learns the outcome from it.
+process learns the outcome from it. On a filesystem without file locks the run goes on unlocked,
+with a warning.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 
 import jax
@@ -20,6 +22,10 @@ from jax.experimental import multihost_utils
 from pcjax.training.config import ConfigError
 
 LOCK_FILE = ".lock"
+# flock errors of filesystems without locks (some network filesystems).
+_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+log = logging.getLogger(__name__)
 
 
 class WorkdirBusyError(ConfigError):
@@ -62,6 +68,11 @@ class WorkdirLock:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
+            if error.errno in _UNSUPPORTED:
+                f.close()
+                log.warning("%s does not support file locks (%s); running without the lock",
+                            self.workdir, os.strerror(error.errno))
+                return 0
             if error.errno not in (errno.EAGAIN, errno.EACCES):
                 f.close()
                 raise
