@@ -96,13 +96,13 @@ def saved_config(workdir: str) -> dict | None:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return None
+    saved, cause = None, ""
     try:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError.
-        saved = error
+        cause = f" ({str(error).splitlines()[0]})"
     if not isinstance(saved, dict):
-        cause = f" ({str(saved).splitlines()[0]})" if isinstance(saved, ValueError) else ""
         raise ConfigError(
             f"config: {path} is damaged: not the JSON object a run writes{cause}; restore it, "
             "or use a new --workdir"
