@@ -111,12 +111,17 @@ def saved_config(workdir: str) -> dict | None:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Writes the resolved config to ``<workdir>/config.json`` and returns the path."""
+    """Writes the resolved config to ``<workdir>/config.json`` and returns the path.
+
+    Atomically (a temporary file renamed over it): the other processes of a run read the file
+    while process 0 writes it, and a killed write must not leave it cut short.
+    """
     path = os.path.join(workdir, "config.json")
     if _is_writer():
         os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
+        with open(path + ".tmp", "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        os.replace(path + ".tmp", path)
     return path
 
 
