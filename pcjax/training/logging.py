@@ -20,6 +20,7 @@ import warnings
 import jax
 import ml_collections
 import tqdm
+from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
 from pcjax.training.config import ConfigError
@@ -113,15 +114,16 @@ def saved_config(workdir: str) -> dict | None:
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes the resolved config to ``<workdir>/config.json`` and returns the path.
 
-    Atomically (a temporary file renamed over it): the other processes of a run read the file
-    while process 0 writes it, and a killed write must not leave it cut short.
+    Called by every process after each has read the previous config.json (`saved_config`):
+    process 0 rewrites the file only once all of them have, so none reads it half written.
     """
     path = os.path.join(workdir, "config.json")
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("pcjax config.json read")
     if _is_writer():
         os.makedirs(workdir, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
+        with open(path, "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-        os.replace(path + ".tmp", path)
     return path
 
 
