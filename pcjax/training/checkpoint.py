@@ -165,12 +165,13 @@ def _read(path: str, target):
     """The arrays saved at `path` (a checkpoint directory), checked against their digest."""
     if not os.path.isdir(os.path.join(path, DIGEST)):
         raise CorruptCheckpointError(f"{path} has no digest of its arrays")
-    restored = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
-        path,
-        args=ocp.args.Composite(
-            **{ARRAYS: ocp.args.StandardRestore(target), DIGEST: ocp.args.JsonRestore()}
-        ),
-    )
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as reader:
+        restored = reader.restore(
+            path,
+            args=ocp.args.Composite(
+                **{ARRAYS: ocp.args.StandardRestore(target), DIGEST: ocp.args.JsonRestore()}
+            ),
+        )
     verify(restored[ARRAYS], restored[DIGEST], path)
     return restored[ARRAYS]
 
@@ -274,9 +275,8 @@ class Checkpointer:
 def save_model(path: str, variables) -> None:
     """Writes a model's variables and their digest once to `path` (atomically; an existing
     export is an error)."""
-    ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
-        os.path.abspath(path), args=_composite(variables)
-    )
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as writer:
+        writer.save(os.path.abspath(path), args=_composite(variables))
 
 
 def model_exists(path: str) -> bool:
