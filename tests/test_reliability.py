@@ -548,20 +548,18 @@ def test_sigterm_during_the_final_evaluation_exits_143_with_one_line(finished, t
 # ----------------------------------------------------------------------------- full disk
 
 
+_LIMITED_FILE_SIZE = """
+import os, resource, signal, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Fail the write instead of killing the process.
+os.execv(sys.executable, [sys.executable, "train.py", *sys.argv[1:]])
+"""
+
+
 def test_a_full_disk_is_one_line(tmp_path):
     """Files may not grow past 20 kB (RLIMIT_FSIZE, writes fail as on a full disk): the first
     checkpoint save fails; one line, none of orbax's background tracebacks or log records."""
-    import resource
-
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Fail the write instead of killing.
-
-    result = subprocess.run(
-        [sys.executable, "train.py", f"--workdir={tmp_path}", *TINY], cwd=ROOT,
-        capture_output=True, text=True, timeout=600, env=ENV, preexec_fn=limit_file_size,
-        check=False,
-    )
+    result = train(tmp_path, script=("-c", _LIMITED_FILE_SIZE))
     assert result.returncode == 1, result.stderr[-3000:]
     lines = [line for line in result.stderr.replace("\r", "\n").splitlines()
              if line.strip() and "step/s" not in line and "s/step" not in line]
