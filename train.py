@@ -18,14 +18,22 @@ A rerun into a workdir must use the same config, up to the keys that cannot chan
 (logging, evaluation and checkpoint cadence; see pcjax.training.resume); --extend also accepts
 longer phase lengths for phases that have not ended. Errors print one line,
 ``train.py: error: ...``, and exit with 2 for usage errors (bad flags, config file or values, a
-refused resume) or 1 for failures while running; set
-PCJAX_TRACEBACK=1 to get the full traceback instead.
-SIGTERM or Ctrl-C saves a checkpoint, prints where, and exits with status 128 + the signal number.
+refused resume, a workdir in use) or 1 for failures while running; set PCJAX_TRACEBACK=1 (or
+true, yes) to get the full traceback and the libraries' log output instead.
+SIGTERM or Ctrl-C saves a checkpoint, prints where, and exits with status 128 + the signal number;
+outside training it prints the last checkpoint and exits with that status too.
 """
 
 import os
 import runpy
+import signal
 import sys
+
+# Until pcjax.training.preemption installs its handlers, a signal is only recorded: raised during
+# the imports, it could be lost in a garbage-collector callback or print a traceback.
+_SIGNALS = []
+for _signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(_signum, lambda signum, frame: _SIGNALS.append(signum))
 
 from absl import app, flags, logging
 
@@ -35,7 +43,9 @@ _CONFIG_FLAG = "--config."
 
 def _exit(code: int, message: str):
     """Ends the process with one line on stderr (or the full traceback with PCJAX_TRACEBACK=1)."""
-    if os.environ.get("PCJAX_TRACEBACK") and sys.exc_info()[0] is not None:
+    from pcjax.training import logging as log_lib
+
+    if log_lib.tracebacks_requested() and sys.exc_info()[0] is not None:
         raise
     print(f"train.py: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
@@ -114,26 +124,33 @@ def main(argv):
     try:
         import jax
 
-        from pcjax.training import sharding  # Devices must not be touched before distributed init.
+        # Imported inside main: nothing may touch the devices before distributed init.
+        from pcjax.training import logging as log_lib
+        from pcjax.training import preemption, sharding
 
+        if not log_lib.tracebacks_requested():
+            log_lib.quiet_library_output()
+        preemption.install(_SIGNALS)  # Before distributed init, which takes SIGTERM over.
         sharding.maybe_initialize_distributed(
             config.distributed, heartbeat_timeout_seconds=config.heartbeat_timeout_seconds
         )
         from pcjax.training import config as config_lib
-        from pcjax.training import preemption, report, trainer
+        from pcjax.training import report, trainer
         from pcjax.training.loop import last_checkpoint
 
         workdir = _WORKDIR.value or trainer.default_workdir(config)
         try:
             results = trainer.run(config, workdir, extend=_EXTEND.value)
+            preemption.check()  # A signal whose exception was lost ends the run as interrupted.
         except config_lib.ConfigError as error:
             _exit(USAGE, str(error))
         except preemption.Preempted as error:  # SIGTERM / Ctrl-C: a checkpoint was saved.
             print(error, file=sys.stderr)
             sys.exit(error.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:  # Ctrl-C, or preemption.Interrupted (SIGINT, SIGTERM).
         where = last_checkpoint(workdir) if workdir else None
-        _exit(130, f"interrupted; {where or 'no checkpoint was written'}")
+        reason = getattr(error, "reason", "interrupted")
+        _exit(getattr(error, "exit_code", 130), f"{reason}; {where or 'no checkpoint was written'}")
     except Exception as error:  # noqa: BLE001 - the one-line report of any failure.
         _exit(FAILURE, f"{type(error).__name__}: {_one_line(error)}")
     if jax.process_index() == 0:  # Every process ends with the same results; one prints them.

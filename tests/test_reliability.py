@@ -9,6 +9,7 @@ workdir work on a copy of it.
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def train(workdir, *args, env=ENV, script=("train.py",)):
     """Runs train.py (or another `script`) on the tiny job with extra flags `args`."""
     return subprocess.run(
         [sys.executable, *script, f"--workdir={workdir}", *TINY, *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, check=False,
     )
 
 
@@ -73,17 +74,37 @@ def records(workdir) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def damage(directory):
-    """Truncates the largest array data file of an orbax checkpoint, as a full disk would."""
+def largest_data_file(directory):
+    """The largest array data file of an orbax checkpoint."""
     files = [
         os.path.join(root, name)
         for root, _, names in os.walk(directory)
         for name in names
         if os.sep + "d" + os.sep in os.path.join(root, name) + os.sep
     ]
-    largest = max(files, key=os.path.getsize)
-    with open(largest, "r+b") as f:
+    return max(files, key=os.path.getsize)
+
+
+def damage(directory):
+    """Truncates the largest array data file of an orbax checkpoint, as a full disk would."""
+    with open(largest_data_file(directory), "r+b") as f:
         f.truncate(10)
+
+
+def flip_one_bit(directory):
+    """Flips one bit in the middle of the largest array data file."""
+    with open(largest_data_file(directory), "r+b") as f:
+        data = bytearray(f.read())
+        data[len(data) // 2] ^= 1
+        f.seek(0)
+        f.write(data)
+
+
+def zero_64_bytes(directory):
+    """Zeroes 64 bytes in the middle of the largest array data file."""
+    with open(largest_data_file(directory), "r+b") as f:
+        f.seek(os.path.getsize(f.name) // 2)
+        f.write(bytes(64))
 
 
 # ----------------------------------------------------------------------------- resume checks
@@ -126,17 +147,19 @@ def test_rerun_with_another_config_is_refused_before_any_work(finished, args, ke
 
 
 def test_damaged_student_checkpoint_and_teacher_export_are_recovered(finished, tmp_path):
-    """Newest student checkpoint (6) and the teacher export truncated: the rerun warns once for
-    each, rebuilds the export from the teacher's step-6 checkpoint, trains the student on from
-    step 3, and ends with the first run's results and one record per step."""
+    """One bit flipped in the newest student checkpoint (6), 64 bytes zeroed in the teacher
+    export: the rerun warns once for each, rebuilds the export from the teacher's step-6
+    checkpoint, trains the student on from step 3, and ends with the first run's results and
+    one record per step. (Without the digest, orbax reads the flipped bit as a wrong value.)"""
     workdir = copy_of(finished, tmp_path)
-    damage(os.path.join(workdir, "student", "checkpoints", "6"))
-    damage(os.path.join(workdir, "teacher", "model"))
+    flip_one_bit(os.path.join(workdir, "student", "checkpoints", "6"))
+    zero_64_bytes(os.path.join(workdir, "teacher", "model"))
     result = train(workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if "does not restore" in line]
     assert len(warnings) == 2, warnings
-    assert any("checkpoint step 6 in" in w and "resumed from step 3" in w for w in warnings)
+    assert any("checkpoint step 6 in" in w and "resumed from step 3" in w
+               and "CorruptCheckpointError" in w for w in warnings)
     assert any("exported teacher" in w and "rebuilding it from" in w for w in warnings)
     assert os.path.isdir(os.path.join(workdir, "student", "checkpoints", "6.damaged"))
     assert os.path.isdir(os.path.join(workdir, "teacher", "model.damaged"))
@@ -148,6 +171,26 @@ def test_damaged_student_checkpoint_and_teacher_export_are_recovered(finished, t
     assert len(steps) == len(set(steps))
     assert [s for p, _, s in steps if p == "student"] == [1, 2, 3, 4, 5, 6]
     assert [s for p, _, s in steps if p == "final"] == [0]
+
+
+@pytest.mark.parametrize("emptied", ["6/*", "6/default"])
+def test_emptied_newest_step_falls_back_to_the_previous_one(finished, tmp_path, emptied):
+    """``rm -rf student/checkpoints/6/*`` (or ``6/default``): the rerun sets step 6 aside with
+    one warning, resumes from step 3 and ends with the first run's results."""
+    workdir = copy_of(finished, tmp_path)
+    step = os.path.join(workdir, "student", "checkpoints", "6")
+    for name in os.listdir(step) if emptied == "6/*" else ["default"]:
+        path = os.path.join(step, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    result = train(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (warning,) = [line for line in result.stderr.splitlines() if "does not restore" in line]
+    assert "checkpoint step 6 in" in warning and warning.endswith("resumed from step 3")
+    assert not error_lines(result) and "Traceback" not in result.stderr
+    with open(os.path.join(finished, "results.json")) as f:
+        expected = json.load(f)
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f) == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
 def test_damaged_export_without_teacher_checkpoints_says_what_to_delete(finished, tmp_path):
@@ -267,8 +310,8 @@ runpy.run_path("train.py", run_name="__main__")
     "error, code, message",
     [
         ("RuntimeError", 1, "train.py: error: RuntimeError: forced failure inside the step"),
-        ("KeyboardInterrupt", 130, "train.py: error: interrupted; the last checkpoint is teacher "
-                                   "step 6 in {workdir}/teacher/checkpoints; rerun the same"),
+        ("KeyboardInterrupt", 130, ("train.py: error: interrupted; the last checkpoint is teacher "
+                                    "step 6 in {workdir}/teacher/checkpoints; rerun the same")),
     ],
 )
 def test_error_inside_a_step_ends_the_process_within_seconds(
@@ -314,8 +357,8 @@ _USAGE_ERRORS = {
     ),
     "batch larger than its split": (
         (), ["--config.student.train.batch_size=100000"],
-        "config.student.train.batch_size: 100000 is larger than the 1442 examples of split "
-        "'train' of 'digits'",
+        ("config.student.train.batch_size: 100000 is larger than the 1442 examples of split "
+         "'train' of 'digits'"),
     ),
 }
 
@@ -361,3 +404,150 @@ def test_traceback_on_request(tmp_path):
     assert "Traceback (most recent call last)" in result.stderr
     assert ("ConfigError: config.student.train.batch_size: must be an integer >= 1, got -1"
             in result.stderr)
+
+
+def test_traceback_only_for_a_true_value(tmp_path):
+    """PCJAX_TRACEBACK=0 is off: one line, no traceback, nothing from the libraries."""
+    result = train(
+        tmp_path, "--config.student.train.batch_size=-1", env={**ENV, "PCJAX_TRACEBACK": "0"}
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "train.py: error: config.student.train.batch_size: must be an integer >= 1, got -1")
+
+
+# ---------------------------------------------------------------------------- damaged workdir files
+
+
+@pytest.mark.parametrize("content, cause", [
+    (b"", "Expecting value"), (b'{\n  "dataset": "digits",\n  "distill', "Unterminated string")])
+def test_damaged_config_json_is_one_line_naming_it(finished, tmp_path, content, cause):
+    workdir = copy_of(finished, tmp_path)
+    with open(os.path.join(workdir, "config.json"), "wb") as f:
+        f.write(content)
+    result = train(workdir)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = error_lines(result)
+    assert line.startswith(
+        f"train.py: error: config: {workdir}/config.json is damaged: not the JSON object a run "
+        f"writes ({cause}"
+    )
+    assert line.endswith("; restore it, or use a new --workdir")
+    assert "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- one run per workdir
+
+_HOLD_LOCK = """
+import sys, time
+from pcjax.training import workdir
+with workdir.WorkdirLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_naming_the_holder(finished, tmp_path):
+    """Another process holds the workdir (as a running train.py does): train.py refuses with
+    one line naming its pid and changes nothing; once that process is killed, the workdir
+    resumes."""
+    workdir = copy_of(finished, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, workdir], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = {name: os.path.getmtime(os.path.join(workdir, name))
+                  for name in ("config.json", "metrics.jsonl", "results.json")}
+        result = train(workdir)
+        assert result.returncode == 2, result.stderr[-3000:]
+        (line,) = error_lines(result)
+        assert line == (
+            f"train.py: error: the workdir {workdir} is in use (process {holder.pid} holds "
+            ".lock); wait for that run to end or use another --workdir"
+        )
+        assert before == {name: os.path.getmtime(os.path.join(workdir, name)) for name in before}
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+def _signalled(workdir, signum, delay):
+    process = subprocess.Popen(
+        [sys.executable, "train.py", f"--workdir={workdir}", *TINY], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+    time.sleep(delay)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("signum, delay", [(signal.SIGINT, 0.7), (signal.SIGINT, 2.0),
+                                           (signal.SIGTERM, 1.5)])
+def test_a_signal_during_start_up_ends_the_run_with_one_line(tmp_path, signum, delay):
+    """Ctrl-C or SIGTERM while train.py imports and starts (where an exception raised by a
+    signal handler can be lost in a garbage-collector callback): 128 + the signal, one line."""
+    result = _signalled(tmp_path / "workdir", signum, delay)
+    assert result.returncode == 128 + signum, result.stderr[-3000:]
+    reason = "interrupted" if signum == signal.SIGINT else "terminated by SIGTERM"
+    assert result.stderr.strip().splitlines() == [
+        f"train.py: error: {reason}; no checkpoint was written"
+    ]
+
+
+_SLOW_EVALUATION = """
+import runpy, sys, time
+from pcjax.training import trainer
+
+def slow_evaluate(*args, **kwargs):  # The final evaluation of a large eval split.
+    print("evaluating", flush=True)
+    time.sleep(120)
+trainer.evaluate = slow_evaluate
+sys.argv = ["train.py"] + sys.argv[1:]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_sigterm_during_the_final_evaluation_exits_143_with_one_line(finished, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_EVALUATION, f"--workdir={workdir}", *TINY], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+    assert process.stdout.readline().strip() == "evaluating"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-3000:]
+    (line,) = [line for line in stderr.replace("\r", "\n").splitlines()
+               if line.startswith("train.py:")]
+    assert line == (
+        "train.py: error: terminated by SIGTERM; the last checkpoint is student step 6 in "
+        f"{workdir}/student/checkpoints; rerun the same command to resume from it"
+    )
+    assert "Traceback" not in stderr
+
+
+# ----------------------------------------------------------------------------- full disk
+
+
+_LIMITED_FILE_SIZE = """
+import os, resource, signal, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Fail the write instead of killing the process.
+os.execv(sys.executable, [sys.executable, "train.py", *sys.argv[1:]])
+"""
+
+
+def test_a_full_disk_is_one_line(tmp_path):
+    """Files may not grow past 20 kB (RLIMIT_FSIZE, writes fail as on a full disk): the first
+    checkpoint save fails; one line, none of orbax's background tracebacks or log records."""
+    result = train(tmp_path, script=("-c", _LIMITED_FILE_SIZE))
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines()
+             if line.strip() and "step/s" not in line and "s/step" not in line]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("train.py: error: ") and "checkpoint" in lines[0]

@@ -9,6 +9,11 @@ its SIGTERM handler tells the coordination service, which picks the next step al
 reach, and ``multihost_utils.reached_preemption_sync_point`` is True there on every process. A
 SIGINT is forwarded to it as a SIGTERM. A single process needs no agreement: a signal flag is
 read at the next step boundary.
+
+Outside the step loops (start-up, compilation, the teacher export, the final evaluation) the
+handlers of `install` raise `Interrupted`. A signal whose exception was lost (Python ignores an
+exception raised inside a garbage-collector callback) stays recorded: the next phase stops at
+its first step and `check` raises it, so an interrupted run never ends as a success.
 """
 
 from __future__ import annotations
@@ -33,16 +38,81 @@ class Preempted(Exception):
         self.exit_code = 128 + signum
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside a phase's step loop; ``exit_code`` is 128 + the signal number.
+
+    Examples:
+        >>> error = Interrupted(signal.SIGTERM)
+        >>> error.exit_code, error.reason, isinstance(error, KeyboardInterrupt)
+        (143, 'terminated by SIGTERM', True)
+    """
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.reason = (
+            "interrupted" if signum == signal.SIGINT
+            else f"terminated by {signal.Signals(signum).name}"
+        )
+        super().__init__(self.reason)
+
+
+_installed = False
+_received: list[int] = []
+
+
+def _interrupt(signum, frame):
+    _received.append(signum)
+    raise Interrupted(signum)
+
+
+def install(received=()) -> None:
+    """Makes SIGINT and SIGTERM raise `Interrupted` (in the main thread) from now on.
+
+    Args:
+        received: signal numbers recorded before this could be called (by handlers that only
+            record, installed before pcjax is imported); if there is one, raises it now.
+    """
+    global _installed
+    _received.extend(received)
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _interrupt)
+        _installed = True
+    check()
+
+
+def received() -> int | None:
+    """The first signal recorded by the handlers of `install`, or None.
+
+    Examples:
+        >>> received() is None  # Nothing received in this process.
+        True
+    """
+    return _received[0] if _received else None
+
+
+def check() -> None:
+    """Raises `Interrupted` if the handlers of `install` recorded a signal.
+
+    Examples:
+        >>> check()  # Nothing received: returns.
+    """
+    if _received:
+        raise Interrupted(_received[0])
+
+
 class PreemptionWatch:
     """A context manager that catches SIGTERM and SIGINT while a phase trains.
 
     ``reached(step)`` is called once per step, with increasing steps, by every process; it is
-    True on every process at the same step once any of them received a signal. The previous
-    handlers are restored on exit.
+    True on every process at the same step once any of them received a signal (at the first
+    step if `install`'s handlers recorded one before). The previous handlers are restored on
+    exit, and a signal that arrived after the last step is left recorded for `check`.
     """
 
     def __init__(self):
-        self.signum = None
+        self.signum = received()
         self._synced = jax.process_count() > 1
         self._previous = {}
 
@@ -65,6 +135,8 @@ class PreemptionWatch:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        if _installed and self.signum is not None and not _received:
+            _received.append(self.signum)
         return False
 
     def reached(self, step: int) -> bool:

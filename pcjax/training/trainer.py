@@ -21,6 +21,7 @@ from pcjax.training import state as state_lib
 from pcjax.training.build import Model
 from pcjax.training.loop import Context, run_phase
 from pcjax.training.spec import STUDENT, TEACHER, RunSpec, resolve, teacher_export
+from pcjax.training.workdir import WorkdirLock
 
 
 def _eval_fn(ctx: Context, phase: build.Phase, teacher: Model | None):
@@ -172,20 +173,21 @@ def run(
     before any work: a refused config raises `pcjax.training.config.ConfigError`.
     """
     spec = resolve(config, mesh)
-    saved = log_lib.saved_config(workdir)
-    if saved is not None and _holds_a_checkpoint(workdir):
-        resume.check_resume(saved, spec, workdir=workdir, extend=extend,
-                            ended=_phases_ended(spec, workdir))
-    writer = log_lib.MetricWriter(workdir)
-    log_lib.save_config(spec.config, workdir)
-    ctx = Context(spec, workdir, writer)
-    try:
-        teacher = teacher_phase(ctx)
-        student = student_phase(ctx, teacher)
-        results = evaluate(ctx, teacher, student)
-        writer.rewind("final", -1)  # A rerun of a finished job replaces its final record.
-        writer.write("final", "eval", 0, results)
-    finally:
-        writer.close()
-    report.write_results(workdir, results)
-    return results
+    with WorkdirLock(workdir):  # One run per workdir; the lock file creates the workdir.
+        saved = log_lib.saved_config(workdir)
+        if saved is not None and _holds_a_checkpoint(workdir):
+            resume.check_resume(saved, spec, workdir=workdir, extend=extend,
+                                ended=_phases_ended(spec, workdir))
+        writer = log_lib.MetricWriter(workdir)
+        log_lib.save_config(spec.config, workdir)
+        ctx = Context(spec, workdir, writer)
+        try:
+            teacher = teacher_phase(ctx)
+            student = student_phase(ctx, teacher)
+            results = evaluate(ctx, teacher, student)
+            writer.rewind("final", -1)  # A rerun of a finished job replaces its final record.
+            writer.write("final", "eval", 0, results)
+        finally:
+            writer.close()
+        report.write_results(workdir, results)
+        return results
