@@ -35,7 +35,7 @@ _SIGNALS = []
 for _signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(_signum, lambda signum, frame: _SIGNALS.append(signum))
 
-from absl import app, flags, logging
+from absl import app, flags, logging  # noqa: E402 - after the signal recorder
 
 USAGE, FAILURE = 2, 1
 _CONFIG_FLAG = "--config."
