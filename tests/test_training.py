@@ -386,6 +386,8 @@ def test_digits_job_reports_every_metric_in_range(finished_run):
         "student/linear_probe",
         "student/knn",
         "student/pc_score",
+        "student/cka",
+        "student/neighbourhood_recall",
     }
     assert set(results) == expected
     for key, value in results.items():
@@ -444,6 +446,33 @@ def test_pc_score_uses_the_dissimilarities_of_the_perception_coherence_loss():
     assert_close(
         evaluation.coherence(student, teacher, chunk_size=0, **dissimilarities), expected
     )
+
+
+def test_evaluation_scores_the_student_against_the_teacher_on_what_pc_does_not_train():
+    """CKA and the k=10 neighbourhood recall of the eval split's features, next to pc_score: the
+    values of a direct NumPy evaluation of their definitions."""
+    rng = np.random.default_rng(0)
+    label = np.arange(40) % 4
+    teacher_f = rng.normal(size=(40, 6))
+    student_f = teacher_f[:, :3] + 0.3 * rng.normal(size=(40, 3))
+    pred = {"test": {"features": student_f, "logits": student_f, "label": label},
+            "train": {"features": student_f, "logits": student_f, "label": label}}
+    scores, _ = evaluation.evaluate(
+        pred.__getitem__, ["test"], probe_split="train", knn_k=3, num_classes=4,
+        teacher={"test": {"features": teacher_f, "logits": teacher_f, "label": label}})
+    xc, yc = student_f - student_f.mean(0), teacher_f - teacher_f.mean(0)
+    cka = np.sum((yc.T @ xc) ** 2) / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+
+    def neighbours(f):
+        d = np.linalg.norm(f[:, None] - f[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        return np.argsort(d, axis=1)[:, :10]
+
+    recall = np.mean([len(set(a) & set(b)) / 10
+                      for a, b in zip(neighbours(student_f), neighbours(teacher_f))])
+    assert_close(scores["test"]["cka"], cka)
+    assert_close(scores["test"]["neighbourhood_recall"], recall)
+    assert -1 <= scores["test"]["pc_score"] <= 1
 
 
 class _Crash(Exception):

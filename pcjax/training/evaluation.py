@@ -1,4 +1,5 @@
-"""Evaluation on frozen models: top-1, linear probe, kNN and pc_score.
+"""Evaluation on frozen models: top-1, linear probe, kNN; against a teacher, pc_score, linear CKA
+and the teacher-neighbourhood recall.
 
 Features and logits are computed once per (model, split) in eval mode, in batches padded by the
 input pipeline; the padding rows are dropped with the batch mask so every example counts once.
@@ -23,6 +24,10 @@ _pc_score = jax.jit(
     metrics.pc_score,
     static_argnames=("student_dissimilarity", "teacher_dissimilarity", "chunk_size"),
 )
+_cka = jax.jit(metrics.linear_cka)
+_recall = jax.jit(metrics.neighbourhood_recall, static_argnames=("k", "chunk_size"))
+# The neighbourhood the recall looks at: each point's 10 nearest teacher neighbours.
+RECALL_K = 10
 
 
 def predict(forward: Callable, variables, batches: Generator[dict]) -> dict[str, np.ndarray]:
@@ -102,11 +107,16 @@ def evaluate(
         (`metrics.knn_accuracy`, `knn_k` neighbours) are fitted on.
       knn_k: the kNN's number of neighbours.
       num_classes: the number of classes of the labels.
-      teacher: the teacher's `predict` results by split; a split found there also gets pc_score.
+      teacher: the teacher's `predict` results by split; a split found there also gets pc_score,
+        "cka" (`metrics.linear_cka` of the features) and "neighbourhood_recall"
+        (`metrics.neighbourhood_recall` with k = `RECALL_K`): two scores of how much of the
+        teacher's geometry the student keeps that the perception coherence loss does not train
+        on (pc_score measures the ranks it trains on).
       chunk_size, dissimilarities: as in `coherence` (default: euclidean on both sides).
 
     Returns:
-      ({split: {"top1", "linear_probe", "knn"[, "pc_score"]}}, {split: predict result}).
+      ({split: {"top1", "linear_probe", "knn"[, "pc_score", "cka", "neighbourhood_recall"]}},
+       {split: predict result}).
 
     Examples:
       >>> rng = np.random.default_rng(0)
@@ -130,7 +140,11 @@ def evaluate(
             "knn": float(_knn(*args, k=knn_k, num_classes=num_classes)),
         }
         if teacher is not None and split in teacher:
-            scores[split]["pc_score"] = coherence(preds[split], teacher[split],
-                                                  chunk_size=chunk_size,
-                                                  **(dissimilarities or {}))
+            pair = (test["features"], teacher[split]["features"])
+            scores[split].update(
+                pc_score=coherence(test, teacher[split], chunk_size=chunk_size,
+                                   **(dissimilarities or {})),
+                cka=float(_cka(*pair)),
+                neighbourhood_recall=float(_recall(*pair, k=RECALL_K,
+                                                   chunk_size=chunk_size or None)))
     return scores, preds

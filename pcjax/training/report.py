@@ -12,13 +12,15 @@ from pcjax.training.spec import STUDENT, TEACHER
 
 
 def summary_table(config: ml_collections.ConfigDict, results: dict[str, float]) -> str:
-    """The printed summary: one row per model, accuracies in %, pc_score in [-1, 1]."""
+    """The printed summary: one row per model, accuracies in %; the student's pc_score in [-1, 1]
+    (the ranks its loss trains on), CKA in [0, 1] and recall@10 in % (what it does not train on)."""
     head = (
         f"{config.dataset}: {config.teacher.model} -> {config.student.model}, loss "
         f"{config.distill.loss}, protocol {config.distill.protocol}"
     )
-    cols = ("top1", "linear_probe", "knn", "pc_score")
-    titles = ("model", "top-1 %", "linear probe %", f"kNN (k={config.eval.knn_k}) %", "pc_score")
+    cols = ("top1", "linear_probe", "knn", "pc_score", "cka", "neighbourhood_recall")
+    titles = ("model", "top-1 %", "linear probe %", f"kNN (k={config.eval.knn_k}) %", "pc_score",
+              "CKA", "recall@10 %")
     # A class-unaware student's classifier head never trains: its top-1 is chance, not a result.
     untrained = {f"{STUDENT}/top1"} if config.distill.protocol == "class_unaware" else set()
     rows = [titles]
@@ -26,9 +28,8 @@ def summary_table(config: ml_collections.ConfigDict, results: dict[str, float]) 
         cells = [name]
         for c in cols:
             v = None if f"{name}/{c}" in untrained else results.get(f"{name}/{c}")
-            cells.append(
-                "-" if v is None else (f"{v:.4f}" if c == "pc_score" else f"{100 * v:.2f}")
-            )
+            cells.append("-" if v is None else (
+                f"{v:.4f}" if c in ("pc_score", "cka") else f"{100 * v:.2f}"))
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(titles))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
