@@ -9,7 +9,8 @@ its block-constant JVP, `api` the public functions.
 
 from pcjax.ranking.api import _solver_rounds, rank, soft_rank, soft_sort
 from pcjax.ranking.checks import _check_options
+from pcjax.ranking.native import cpu_backend, use_cpu_backend
 from pcjax.ranking.solve import _solve
 from pcjax.ranking.sort import _sort_rows
 
-__all__ = ["soft_rank", "soft_sort", "rank"]
+__all__ = ["soft_rank", "soft_sort", "rank", "cpu_backend", "use_cpu_backend"]

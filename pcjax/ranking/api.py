@@ -13,6 +13,7 @@ from pcjax.ranking.blocks import _block_sum
 from pcjax.ranking.checks import (
     _check_direction, _check_options, _check_values, _compute_dtype,
 )
+from pcjax.ranking.native import cpu_backend
 from pcjax.ranking.solve import _soft_op_rows, _solve
 from pcjax.ranking.sort import _sort_rows
 
@@ -28,6 +29,11 @@ def _prepare(values, regularization_strength, regularization, direction):
         x = -x
     inv_eps = 1.0 / lax.stop_gradient(jnp.asarray(regularization_strength, dtype))
     return values, x, inv_eps
+
+
+def _solver() -> str:
+    """The `solve._rows` solver of the public operators, chosen outside jit (a static argument)."""
+    return "compiled" if cpu_backend() == "compiled" else "auto"
 
 
 def _finish(out, values, x):
@@ -83,7 +89,7 @@ def soft_rank(
     values, x, inv_eps = _prepare(values, regularization_strength, regularization, direction)
     if x.shape[1] == 0:
         return values
-    return _finish(_soft_op_rows(x, inv_eps, "rank", regularization), values, x)
+    return _finish(_soft_op_rows(x, inv_eps, "rank", regularization, _solver()), values, x)
 
 
 def soft_sort(
@@ -119,7 +125,7 @@ def soft_sort(
         return values
     # _prepare negated "descending" rows; the solver sorts in decreasing order, so "ascending"
     # is computed as −s(−θ).
-    out = _soft_op_rows(-x, inv_eps, "sort", regularization)
+    out = _soft_op_rows(-x, inv_eps, "sort", regularization, _solver())
     if direction == "ascending":
         out = -out
     return _finish(out, values, x)
