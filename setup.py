@@ -39,7 +39,7 @@ setup(
             "pcjax.ranking._soft_op",
             sources=["pcjax/ranking/_native/soft_op.cc"],
             language="c++",
-            extra_compile_args=["-O3", "-std=c++17", "-Wno-return-type"],
+            extra_compile_args=["-O3", "-g0", "-std=c++17", "-Wno-return-type"],
             optional=True,
         )
     ],
