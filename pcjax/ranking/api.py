@@ -21,8 +21,8 @@ from pcjax.ranking.sort import _sort_rows
 def _prepare(values, regularization_strength, regularization, direction):
     """Validates, flattens to rows (R, n) in the compute dtype and applies the direction's sign."""
     values = _check_values(values)
-    _check_options(regularization_strength, regularization, direction)
     dtype = _compute_dtype(values.dtype)
+    _check_options(regularization_strength, regularization, direction, dtype)
     # Not reshape(-1, n): with n = 0 the row count cannot be inferred from zero elements.
     x = values.astype(dtype).reshape(math.prod(values.shape[:-1]), values.shape[-1])
     if direction == "descending":

@@ -59,10 +59,12 @@ def _exact_prefix_sums(d: jax.Array) -> tuple[jax.Array, jax.Array]:
     d = d_hi + d_lo exactly, d_hi a multiple of a per-row power of two q small enough that every
     partial sum of d_hi is a float with at most 22 significant bits: the hi sums are exact, so
     the sum over [a, b) is (hi[b] − hi[a]) + (lo[b] − lo[a]) with the error of the small lo
-    terms only, whatever the magnitude of the row.
+    terms only, whatever the magnitude of the row. q is kept normal: a subnormal q is flushed to
+    zero on CPU, which would turn a row of zeros (q = 0, 0/0) into NaN sums.
     """
     total = jnp.sum(jnp.abs(d), axis=1, keepdims=True)
-    q = jnp.exp2(jnp.ceil(jnp.log2(jnp.maximum(total, jnp.finfo(d.dtype).tiny))) - 22)
+    finfo = jnp.finfo(d.dtype)
+    q = jnp.exp2(jnp.maximum(jnp.ceil(jnp.log2(jnp.maximum(total, finfo.tiny))) - 22, finfo.minexp))
     d_hi = jnp.round(d / q) * q
     pad = ((0, 0), (1, 0))
     return jnp.pad(_cumsum(d_hi), pad), jnp.pad(_cumsum(d - d_hi), pad)

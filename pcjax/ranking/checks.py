@@ -25,7 +25,9 @@ def _check_values(values) -> jax.Array:
     return values
 
 
-def _check_options(regularization_strength, regularization, direction) -> None:
+def _check_options(regularization_strength, regularization, direction, dtype=jnp.float32) -> None:
+    """ValueError naming the first bad option; ε must be a normal number of the compute `dtype`
+    (a subnormal ε is flushed to zero on CPU, and 1/ε would overflow)."""
     if regularization not in _REGULARIZATIONS:
         raise ValueError(f"regularization must be one of {_REGULARIZATIONS}; got {regularization!r}.")
     _check_direction(direction)
@@ -43,6 +45,12 @@ def _check_options(regularization_strength, regularization, direction) -> None:
     if not (strength > 0 and math.isfinite(strength)):
         raise ValueError(
             f"regularization_strength must be a positive finite number; got {regularization_strength!r}."
+        )
+    finfo = jnp.finfo(dtype)
+    if not float(finfo.tiny) <= strength <= float(finfo.max):
+        raise ValueError(
+            f"regularization_strength must be between {finfo.tiny} and {finfo.max} to be a "
+            f"normal {finfo.dtype} number with a finite 1/ε; got {regularization_strength!r}."
         )
 
 

@@ -31,6 +31,10 @@ def _solve(x, inv_eps, kind, reg, solver="auto") -> _Solution:
     """
     r, n = x.shape
     iota = lax.broadcasted_iota(jnp.int32, (r, n), 1)
+    # Soft ranks are shift-invariant and soft sorts shift-equivariant: rows centred on their
+    # midrange keep float32 resolution next to a large common offset (1e9 + small differences).
+    centre = lax.stop_gradient(jnp.max(x, 1, keepdims=True) / 2 + jnp.min(x, 1, keepdims=True) / 2)
+    x = x - centre
     neg_sorted, perm = _sort_rows(-x)
     blocks, rounds = _isotonic(-neg_sorted, kind, reg, inv_eps, solver)
     rows = lax.broadcasted_iota(jnp.int32, (r, n), 0)
@@ -40,7 +44,7 @@ def _solve(x, inv_eps, kind, reg, solver="auto") -> _Solution:
         out_sorted = log_or_value if reg == "l2" else jnp.exp(log_or_value)
         out = jnp.take_along_axis(out_sorted, inv_perm, axis=1)
     else:
-        out_sorted = blocks.rho_dev + blocks.data_agg
+        out_sorted = blocks.rho_dev + blocks.data_agg + centre
         out = out_sorted  # Sorts keep their output in sorted order.
     return _Solution(out, out_sorted, perm, inv_perm, blocks, rounds)
 
