@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pcjax.ranking.pallas import _isotonic_pallas
 from pcjax.ranking.blocks import (
     _block_stats, _Blocks, _count, _exact_prefix_sums, _rho_agg, _violates, _violations,
 )
@@ -221,7 +224,11 @@ def _isotonic(x, kind, reg, inv_eps, solver="auto") -> tuple[_Blocks, jax.Array]
     "auto" both are traced and lax.platform_dependent keeps the one for the platform the program
     is lowered for.
     """
-    solvers = {"parallel": _isotonic_parallel, "sequential": _isotonic_sequential}
+    solvers = {
+        "parallel": _isotonic_parallel, "sequential": _isotonic_sequential,
+        "pallas": _isotonic_pallas,
+        "pallas_interpret": functools.partial(_isotonic_pallas, interpret=True),
+    }
     if solver != "auto":
         return solvers[solver](x, kind, reg, inv_eps)
     return lax.platform_dependent(
