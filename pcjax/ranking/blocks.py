@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+
 def _block_sum(v: jax.Array, flat_ids: jax.Array) -> jax.Array:
     """Each element gets the sum of `v` over its block.
 
@@ -116,7 +117,8 @@ def _block_stats(x, is_start, kind, reg, inv_eps) -> _Blocks:
     iota = lax.broadcasted_iota(jnp.int32, (r, n), 1)
     row_offset = n * lax.broadcasted_iota(jnp.int32, (r, n), 0)
     flat_ids = _count(is_start) - 1 + row_offset
-    count_and_start = jnp.stack([jnp.ones_like(x), jnp.where(is_start, iota, 0).astype(x.dtype)], -1)
+    starts = jnp.where(is_start, iota, 0).astype(x.dtype)
+    count_and_start = jnp.stack([jnp.ones_like(x), starts], -1)
     count_and_start = _block_sum(count_and_start, flat_ids)
     count, start = count_and_start[..., 0], count_and_start[..., 1].astype(jnp.int32)
     # Centre each block on its first (largest) element: precise sums, overflow-free exponentials,
@@ -155,6 +157,7 @@ def _violates(left_data, left_rho, right_data, right_rho, kind):
 def _violations(is_start, blocks: _Blocks, kind) -> jax.Array:
     """(R, n) bool: block starts whose block violates the order with its left neighbour."""
     violated = _violates(
-        blocks.data_agg[:, :-1], blocks.rho_agg[:, :-1], blocks.data_agg[:, 1:], blocks.rho_agg[:, 1:], kind
+        blocks.data_agg[:, :-1], blocks.rho_agg[:, :-1], blocks.data_agg[:, 1:],
+        blocks.rho_agg[:, 1:], kind,
     )
     return jnp.pad(is_start[:, 1:] & violated, ((0, 0), (1, 0)))

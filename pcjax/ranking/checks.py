@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+
 _REGULARIZATIONS = ("l2", "kl")
 _DIRECTIONS = ("ascending", "descending")
 
@@ -29,7 +30,9 @@ def _check_options(regularization_strength, regularization, direction, dtype=jnp
     """ValueError naming the first bad option; ε must be a normal number of the compute `dtype`
     (a subnormal ε is flushed to zero on CPU, and 1/ε would overflow)."""
     if regularization not in _REGULARIZATIONS:
-        raise ValueError(f"regularization must be one of {_REGULARIZATIONS}; got {regularization!r}.")
+        raise ValueError(
+            f"regularization must be one of {_REGULARIZATIONS}; got {regularization!r}."
+        )
     _check_direction(direction)
     if jnp.ndim(regularization_strength) != 0:
         raise ValueError(
@@ -44,7 +47,8 @@ def _check_options(regularization_strength, regularization, direction, dtype=jnp
         strength = math.nan
     if not (strength > 0 and math.isfinite(strength)):
         raise ValueError(
-            f"regularization_strength must be a positive finite number; got {regularization_strength!r}."
+            "regularization_strength must be a positive finite number; got "
+            f"{regularization_strength!r}."
         )
     finfo = jnp.finfo(dtype)
     if not float(finfo.tiny) <= strength <= float(finfo.max):

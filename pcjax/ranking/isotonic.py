@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pcjax.ranking.pallas import _isotonic_pallas
 from pcjax.ranking.blocks import (
     _block_stats, _Blocks, _count, _exact_prefix_sums, _rho_agg, _violates, _violations,
 )
+from pcjax.ranking.pallas import _isotonic_pallas
+
 
 def _segmented_scan(ops, values, reset, reverse):
     """Inclusive scans of `values` along axis 1, restarting where `reset` is set.
@@ -23,7 +24,8 @@ def _segmented_scan(ops, values, reset, reverse):
     def combine(earlier, later):
         (earlier_values, earlier_reset), (later_values, later_reset) = earlier, later
         merged = tuple(
-            jnp.where(later_reset, b, op(a, b)) for op, a, b in zip(ops, earlier_values, later_values)
+            jnp.where(later_reset, b, op(a, b))
+            for op, a, b in zip(ops, earlier_values, later_values)
         )
         return merged, earlier_reset | later_reset
 
@@ -31,22 +33,13 @@ def _segmented_scan(ops, values, reset, reverse):
 
 
 def _extension_merges(x, prefix, is_start, blocks: _Blocks, violated, kind, reg, inv_eps, leftward):
-    """(R, n) bool: the block starts to remove in one pooling round.
+    """(R, n) bool: the block starts to remove in one pooling round (docs/soft_rank.md).
 
-    Every *active* block X (leftward: its left boundary is violated) absorbs, one after the
-    other, the blocks L1, L2, ... on its left while γ(L_j) < γ(X ∪ L1 ∪ ... ∪ L_{j−1}) (for
-    L1 this is the violation itself), going no further than the next active block (which it may
-    absorb last). Each absorption is a pool of adjacent violators, and doing the regions from
-    left to right is a valid order: an active block's own absorptions only lower its γ, so it
-    still violates with the union that then absorbs it. The test is monotone along the run
-    (γ(L_j) grows with j while the union's γ only falls), so the absorbed blocks are exactly the
-    prefix of the run up to the first failure, which a segment max finds. rightward mirrors it.
-    Absorbing whole runs at once is what keeps the number of rounds small: a big block that
-    takes in its neighbours one at a time would otherwise need one round per neighbour.
-
-    The union of a position with everything up to its active block (its segment's far end) is
-    a difference of the row's prefix sums `prefix` for l2 (see `_exact_prefix_sums`), and a
-    segmented log-sum-exp scan for kl.
+    Every active block absorbs the run of blocks on its left (rightward: right) that keep
+    violating against the growing union, up to the next active block: a valid sequence of single
+    pools, and the absorbed blocks are the run's prefix up to its first failure (a segment max).
+    The union's value is a difference of the exact prefix sums `prefix` for l2 and a segmented
+    log-sum-exp scan for kl.
     """
     r, n = x.shape
     iota = lax.broadcasted_iota(jnp.int32, (r, n), 1)
@@ -89,12 +82,14 @@ def _extension_merges(x, prefix, is_start, blocks: _Blocks, violated, kind, reg,
     # Candidate boundary p (a block start, p >= 1) joins the block holding p−1 to the one at p.
     if leftward:  # The block left of p against the union starting at p.
         absorbs = _violates(
-            blocks.data_agg[:, :-1], blocks.rho_agg[:, :-1], union_data[:, 1:], union_rho[:, 1:], kind
+            blocks.data_agg[:, :-1], blocks.rho_agg[:, :-1], union_data[:, 1:], union_rho[:, 1:],
+            kind,
         )
         segment_ids = segment_ids[:, 1:]
     else:  # The union ending at p−1 against the block at p.
         absorbs = _violates(
-            union_data[:, :-1], union_rho[:, :-1], blocks.data_agg[:, 1:], blocks.rho_agg[:, 1:], kind
+            union_data[:, :-1], union_rho[:, :-1], blocks.data_agg[:, 1:], blocks.rho_agg[:, 1:],
+            kind,
         )
         segment_ids = segment_ids[:, :-1]
     candidate = is_start[:, 1:]
@@ -103,7 +98,8 @@ def _extension_merges(x, prefix, is_start, blocks: _Blocks, violated, kind, reg,
     # The first failing boundary seen from the active block ends its run.
     if leftward:
         first_failure = jax.ops.segment_max(
-            jnp.where(failed, boundary, -1).reshape(-1), segment_ids.reshape(-1), num_segments=r * n,
+            jnp.where(failed, boundary, -1).reshape(-1), segment_ids.reshape(-1),
+            num_segments=r * n,
             indices_are_sorted=True,
         )[segment_ids]
         merge = candidate & (boundary > first_failure)
@@ -155,19 +151,10 @@ def _isotonic_parallel(x, kind, reg, inv_eps) -> tuple[_Blocks, jax.Array]:
 def _isotonic_sequential(x, kind, reg, inv_eps) -> tuple[_Blocks, jax.Array]:
     """Classic pool-adjacent-violators on descending rows x (R, n); returns (blocks, rounds = n).
 
-    One step per sorted position, all rows at once: push the position as a one-element block,
-    then merge the top block with the one below it while the two violate (each row stops on its
-    own; the step ends when no row merges). Total work O(n) per row, but n sequential steps:
-    cheap on CPU, where a step costs a few small kernels, and the reason this is not used on
-    GPU/TPU.
-
-    No stack is stored. The block below a top block starting at t is fixed from the step that
-    pushed t until t is merged away, so it is written once, at row t of `below_start` and
-    `below_data` (an in-place row update per step). The final partition is read from the top
-    block's start s_j after each step j: j ends a final block iff every later top starts after
-    it, so p is a block start iff min_{j ≥ p} s_j = p (a reverse cumulative min).
-    The pooled values are the ones `_extension_merges` compares: l2 means from the exact prefix
-    sums, kl log-sum-exps.
+    One step per sorted position, all rows at once: push the position, then merge the top block
+    with the one below while they violate. No stack is stored: the block below a top block
+    starting at t is written once, at row t of `below_start` / `below_data`. p is a final block
+    start iff min_{j ≥ p} s_j = p, s_j the top block's start after step j (a reverse cummin).
     """
     r, n = x.shape
     d = x * inv_eps if kind == "rank" else x
@@ -218,11 +205,8 @@ def _isotonic_sequential(x, kind, reg, inv_eps) -> tuple[_Blocks, jax.Array]:
 
 
 def _isotonic(x, kind, reg, inv_eps, solver="auto") -> tuple[_Blocks, jax.Array]:
-    """The isotonic solve: `solver` "auto" is sequential on CPU and parallel elsewhere.
-
-    Both solvers return the same partition (tests compare them); the choice is only speed. With
-    "auto" both are traced and lax.platform_dependent keeps the one for the platform the program
-    is lowered for.
+    """The isotonic solve: `solver` "auto" is sequential on CPU and parallel elsewhere (chosen by
+    lax.platform_dependent when lowered); "pallas" / "pallas_interpret" run `pallas`.
     """
     solvers = {
         "parallel": _isotonic_parallel, "sequential": _isotonic_sequential,

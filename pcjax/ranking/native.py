@@ -1,13 +1,9 @@
 """The compiled CPU solver: an XLA FFI call built from `_native/soft_op.cc` at install.
 
-The shared library `_soft_op*.so` (next to this file) is optional: when it is missing or fails to
-load, `cpu_backend()` is "jax" and CPU programs use the pure-JAX solver. `PCJAX_CPU_BACKEND=jax`
-in the environment, or `use_cpu_backend("jax")`, forces the pure-JAX path.
-
-One call solves rows (R, n) on XLA's CPU thread pool and returns, besides the output, the block
-structure of the block-constant JVP (see `solve`): block starts and weights in input order and
-block starts in sorted order. Under `jit` with rows sharded over devices, a partitioning rule
-keeps every device on its own rows; inside `shard_map` the call sees local rows anyway.
+The library `_soft_op*.so` is optional: missing or unloadable, `cpu_backend()` is "jax".
+`PCJAX_CPU_BACKEND=jax` or `use_cpu_backend("jax")` forces the pure-JAX path. One call solves
+rows (R, n) and returns the output and the block structure of the JVP (see `solve._rows`); a
+partitioning rule keeps every device of a mesh on its own rows.
 """
 
 from __future__ import annotations
@@ -22,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
+
 
 _TARGET = "pcjax_soft_op"
 _BACKENDS = ("compiled", "jax")

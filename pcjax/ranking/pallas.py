@@ -1,11 +1,9 @@
-"""Pool adjacent violators as a Pallas kernel: one program per row, control flow on the device.
+"""Pool adjacent violators as a Pallas kernel: one program per row, its loops on the device.
 
-The parallel solver's `while_loop` ends each round with a test of the loop condition, which on a
-GPU is a copy to the host. Here each program runs the classic stack-based PAV over its sorted row
-(n pushes, at most n − 1 merges), so the loops never leave the device. The pooled values are the
-ones of `blocks._violates` with every block centred on its first (largest) value, as in the
-compiled CPU solver. Tests run it with `interpret=True` on CPU; on GPU it is opt-in
-(solver="pallas") until it has been measured there.
+Unlike the parallel solver's `while_loop`, whose condition a GPU copies to the host each round,
+each program runs the stack PAV over its sorted row inside the kernel; blocks are centred on
+their first value as in the compiled CPU solver. Tested in interpret mode on CPU; opt-in on GPU
+(solver="pallas") until measured there.
 """
 
 from __future__ import annotations

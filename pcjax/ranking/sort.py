@@ -8,6 +8,7 @@ from jax import lax
 
 from pcjax.ranking.checks import _compute_dtype
 
+
 def _sort_keys(x: jax.Array) -> jax.Array:
     """Integer keys ordered like lax.sort orders `x`: −0.0 equals 0.0, every NaN sorts last.
 

@@ -57,13 +57,14 @@ struct Scratch {
   std::vector<U> keys, keys_tmp;
   std::vector<int32_t> perm, perm_tmp;
   std::vector<Block> stack;
+  std::vector<int64_t> counts;  // Radix histograms, 256 per key byte.
   explicit Scratch(int64_t n)
-      : keys(n), keys_tmp(n), perm(n), perm_tmp(n), stack(n) {}
+      : keys(n), keys_tmp(n), perm(n), perm_tmp(n), stack(n), counts(sizeof(U) * 256) {}
 
   // Stable descending sort of x: perm[k] is the input position of the k-th largest value.
   void Sort(const T* x, int64_t n) {
     constexpr int kBytes = sizeof(U);
-    std::vector<int64_t> counts(kBytes * 256, 0);
+    std::fill(counts.begin(), counts.end(), 0);
     for (int64_t i = 0; i < n; ++i) {
       keys[i] = DescendingKey<T, U>(x[i]);
       perm[i] = static_cast<int32_t>(i);
@@ -100,7 +101,8 @@ double CentredAgg(const Block& b, const Options& o, double scale) {
 // ρ side - data for sorts), written on the differences of each side as in blocks._violates.
 bool Violates(const Block& l, const Block& r, int64_t n, const Options& o, double inv_eps) {
   double scale = o.kind == kRank ? inv_eps : 1.0;
-  double data_step = (l.first - r.first) * scale + (CentredAgg(l, o, scale) - CentredAgg(r, o, scale));
+  double data_step =
+      (l.first - r.first) * scale + (CentredAgg(l, o, scale) - CentredAgg(r, o, scale));
   double rho_step;
   if (o.kind == kSort) {
     rho_step = (r.start - l.start) * inv_eps + SortRhoExtra(l.count, o, inv_eps) -
