@@ -136,27 +136,15 @@ def _rounds_rows(x, inv_eps, kind, reg):
     return _solve(x, inv_eps, kind, reg, solver="parallel").rounds
 
 
-def _solver_rounds(
-    values,
-    *,
-    regularization_strength=1.0,
-    regularization: str = "l2",
-    direction: str = "ascending",
-    kind: str = "rank",
-) -> jax.Array:
-    """Number of sequential passes of the parallel solver (the one used on GPU/TPU) for
-    `soft_rank` (kind="rank") or `soft_sort` ("sort"); the CPU's sequential solver always makes n.
-
-    One pass for the initial partition plus one per pooling round; over several rows, the
-    largest count of any row (rows are solved together). For benchmarks and diagnostics.
-    """
+def _solver_rounds(values, *, regularization_strength=1.0, regularization: str = "l2",
+                   direction: str = "ascending", kind: str = "rank") -> jax.Array:
+    """Sequential O(n) passes of the parallel (GPU/TPU) solver for `soft_rank` (kind="rank") or
+    `soft_sort` ("sort"): one plus one per pooling round, the largest over the rows."""
     values, x, inv_eps = _prepare(values, regularization_strength, regularization, direction)
     if kind == "sort":
         x = -x  # As in soft_sort.
     return _rounds_rows(x, inv_eps, kind, regularization)
 
-
-# ----------------------------------------------------------------------------- hard rank
 
 
 def rank(values, *, direction: str = "ascending") -> jax.Array:

@@ -41,13 +41,9 @@ def _values_of_sort_keys(keys: jax.Array, dtype) -> jax.Array:
 def _sorting_network(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Ascending sort of the integer rows `keys` (R, n) by a bitonic network; (sorted, perm).
 
-    Rows are padded to the next power of two m with the largest key. Every stage for blocks of
-    size b = 2, 4, ..., m compare-exchanges the first half of each block with the reversed second
-    half, then the two halves of every sub-block of size b/2, b/4, ..., 2: log2(m)(log2(m)+1)/2
-    elementwise passes over reshaped views, with no gathers. Ties are broken by position, which
-    makes the order strict: the result is the stable sort, identical to lax.sort with a position
-    operand, and the padding (equal to the largest key but at later positions) sorts last.
-    On CPU this beats XLA's comparison sort, which calls a comparator per comparison.
+    Rows are padded to a power of two m with the largest key; log2(m)(log2(m)+1)/2 elementwise
+    compare-exchange passes over reshaped views, no gathers. Ties are broken by position: the
+    stable sort, identical to lax.sort with a position operand (the padding sorts last).
     """
     r, n = keys.shape
     m = 1 << (n - 1).bit_length()
@@ -82,11 +78,9 @@ def _sort_rows(x: jax.Array, sorter: str = "auto") -> tuple[jax.Array, jax.Array
     """Stable ascending sort of the rows of x (R, n): (sorted values, perm), perm[i, k] the
     input position of the k-th smallest.
 
-    `sorter`: "network" (`_sorting_network`), "lax" (lax.sort with a position operand) or "auto",
-    which traces both and lets lax.platform_dependent keep the network on CPU and lax.sort
-    elsewhere. Both give the same perm (tests compare them). The network's values come back
-    from its keys, so −0.0 returns as 0.0 and every NaN as one NaN: equal under comparison, and
-    a row with NaN gives NaN anyway in every caller.
+    `sorter`: "network" (`_sorting_network`), "lax" (lax.sort with a position operand) or "auto"
+    (the network on CPU, lax.sort elsewhere, by lax.platform_dependent); the same perm. The
+    network returns −0.0 as 0.0 and every NaN as one NaN (a NaN row gives NaN in every caller).
     """
 
     def network(x):
