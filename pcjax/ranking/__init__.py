@@ -4,7 +4,8 @@ Blondel, Teboul, Berthet, Djolonga, "Fast Differentiable Sorting and Ranking", I
 (arXiv:2002.08871); the method and which solver runs where: docs/soft_rank.md. One sort per row,
 then an isotonic regression over the sorted values (pool adjacent violators): `sort` holds the
 row sorts, `isotonic` the solvers, `blocks` the pooled-block arithmetic, `solve` the operator and
-its block-constant JVP, `api` the public functions.
+its block-constant JVP, `native` the compiled CPU solver, `pallas` a Pallas solve, `api` the
+public functions.
 """
 
 from pcjax.ranking.api import _solver_rounds, rank, soft_rank, soft_sort
