@@ -1,6 +1,6 @@
-"""Speed of pcjax.soft_rank (forward + backward) against jnp.sort, ott-jax and torchsort.
+"""Speed of pcjax.soft_rank (forward + backward) against jnp.sort and torchsort.
 
-    python benchmarks/soft_rank.py            # all shapes (a few minutes on 2 CPU cores)
+    python benchmarks/soft_rank.py            # all shapes, l2 and kl (minutes on 2 CPU cores)
     python benchmarks/soft_rank.py --quick    # (256, 255) and (1024, 1023) only
     python benchmarks/soft_rank.py --sorts    # the CPU sorting network against lax.sort
     python benchmarks/soft_rank.py --rankdata # pcjax.rank against jax.scipy.stats.rankdata
@@ -10,17 +10,16 @@ scaling pcjax.perception_coherence_loss applies before its soft rank, with ε = 
 the regime the loss runs in. Every timing is the median of several runs after a warm-up, with
 block_until_ready, all in this process; "fwd+bwd" is jax.grad of sum(op(x) * w) for a fixed
 random w (a VJP with a dense cotangent), and the torchsort column times the same workload,
-torchsort.soft_rank(x) * w summed and backpropagated, with the same warm-up and runs.
-soft_rank's sort is a bitonic sorting network on CPU and lax.sort on GPU/TPU; its isotonic solve
-is the sequential pool-adjacent-violators on CPU and the parallel-rounds solver on GPU/TPU (the
-output says which one was timed); "rounds" is the number of sequential O(n) passes the parallel
-solver makes on that input (the largest over the rows, which are solved together), whichever
-one was timed. ott-jax and torchsort columns appear only when those packages are importable.
+torchsort.soft_rank(x) * w summed and backpropagated, with the same warm-up and runs, on
+--torch-threads threads (2 by default). soft_rank is timed on both CPU solvers
+(`pcjax.ranking.use_cpu_backend`): "compiled", the C++ XLA FFI call built at install, and "jax",
+the pure-JAX path (a sorting network and the sequential pool-adjacent-violators). The torchsort
+column appears only when torchsort is importable.
 
 torchsort is an optional benchmark dependency, not a dependency of pcjax. It builds a C++
-extension from source against the installed torch (torch 2.14.1 here, run on CPU):
+extension from source against the installed torch (torch 2.13.0 here, run on CPU):
 
-    pip install torch
+    pip install torch==2.13.0
     PATH=$VIRTUAL_ENV/bin:/usr/bin:/bin pip install --no-build-isolation torchsort
 
 torchsort also tries to build its CUDA kernel when it finds any `nvcc` on PATH (a stub is
@@ -65,15 +64,7 @@ def fwd_bwd(op):
     return jax.jit(jax.grad(lambda x, w: jnp.sum(op(x) * w)))
 
 
-def ott_ranks():
-    if importlib.util.find_spec("ott") is None:
-        return None
-    from ott.tools import soft_sort
-
-    return lambda x: soft_sort.ranks(x, axis=-1, epsilon=STRENGTH)
-
-
-def torchsort_seconds(x, w, runs, warmup):
+def torchsort_seconds(x, w, reg, runs, warmup):
     """Median seconds of torchsort's soft_rank forward + backward, the workload of `fwd_bwd`."""
     import torch
     import torchsort
@@ -83,7 +74,8 @@ def torchsort_seconds(x, w, runs, warmup):
 
     def step():
         xt.grad = None
-        (torchsort.soft_rank(xt, regularization_strength=STRENGTH) * wt).sum().backward()
+        out = torchsort.soft_rank(xt, regularization=reg, regularization_strength=STRENGTH)
+        (out * wt).sum().backward()
 
     for _ in range(warmup):
         step()
@@ -96,54 +88,42 @@ def torchsort_seconds(x, w, runs, warmup):
 
 
 def soft_rank_table(shapes, args):
-    soft = fwd_bwd(lambda x: ranking.soft_rank(x, regularization_strength=STRENGTH))
-    hard = fwd_bwd(jnp.sort)
-    ott = ott_ranks()
-    ott_fn = fwd_bwd(ott) if ott is not None else None
+    """fwd+bwd of soft_rank on both CPU solvers, jnp.sort and torchsort, l2 and kl."""
     has_torchsort = importlib.util.find_spec("torchsort") is not None
-
-    backend = jax.default_backend()
-    solver = "sequential (one step per position)" if backend == "cpu" else "parallel rounds"
-    sort = "a sorting network" if backend == "cpu" else "lax.sort"
-    print(f"soft_rank timed with {sort} and the {solver} isotonic solver.")
-    print("rounds: sequential passes of the parallel solver (the one used on GPU/TPU).")
+    backends = ["jax"] if ranking.cpu_backend() == "jax" else ["compiled", "jax"]
+    print(f"pcjax.ranking.cpu_backend(): {ranking.cpu_backend()}; columns: {', '.join(backends)}")
     if has_torchsort:
         import torch
 
-        if args.torch_threads is not None:
-            torch.set_num_threads(args.torch_threads)
+        torch.set_num_threads(args.torch_threads)
         print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), torchsort "
-              f"{importlib.metadata.version('torchsort')}; ratio: soft_rank / torchsort.")
+              f"{importlib.metadata.version('torchsort')}; ratio: pcjax compiled / torchsort.")
     print()
-    header = "| shape | soft_rank fwd+bwd (ms) | jnp.sort fwd+bwd (ms) | ratio | rounds l2 / kl |"
-    rule = "|---|---|---|---|---|"
-    if ott_fn is not None:
-        header += " ott-jax ranks (ms) |"
-        rule += "---|"
+    header = "| shape | reg | " + " | ".join(f"pcjax {b} (ms)" for b in backends)
+    header += " | jnp.sort (ms) |"
     if has_torchsort:
-        header += " torchsort (ms) | soft_rank / torchsort |"
-        rule += "---|---|"
+        header += " torchsort (ms) | ratio |"
     print(header)
-    print(rule)
+    print("|---" * (header.count("|") - 1) + "|")
+    hard = fwd_bwd(jnp.sort)
     for shape in shapes:
         x = rank_unit_rows(shape)
         w = jnp.asarray(np.random.default_rng(1).standard_normal(shape).astype(np.float32))
-        t_soft = median_seconds(soft, x, w, runs=args.runs, warmup=args.warmup)
         t_sort = median_seconds(hard, x, w, runs=args.runs, warmup=args.warmup)
-        rounds = [
-            int(ranking._solver_rounds(x, regularization_strength=STRENGTH, regularization=reg))
-            for reg in ("l2", "kl")
-        ]
-        row = (
-            f"| {shape} | {t_soft * 1e3:.1f} | {t_sort * 1e3:.1f} | {t_soft / t_sort:.2f} "
-            f"| {rounds[0]} / {rounds[1]} |"
-        )
-        if ott_fn is not None:
-            row += f" {median_seconds(ott_fn, x, w, runs=args.runs, warmup=args.warmup) * 1e3:.1f} |"
-        if has_torchsort:
-            t_torch = torchsort_seconds(x, w, args.runs, args.warmup)
-            row += f" {t_torch * 1e3:.1f} | {t_soft / t_torch:.2f} |"
-        print(row, flush=True)
+        for reg in ("l2", "kl"):
+            times = []
+            for backend in backends:
+                # The backend is read when soft_rank is traced: a fresh jit per backend.
+                ranking.use_cpu_backend(backend)
+                soft = fwd_bwd(lambda v: ranking.soft_rank(
+                    v, regularization_strength=STRENGTH, regularization=reg))
+                times.append(median_seconds(soft, x, w, runs=args.runs, warmup=args.warmup))
+            row = f"| {shape} | {reg} | " + " | ".join(f"{t * 1e3:.1f}" for t in times)
+            row += f" | {t_sort * 1e3:.1f} |"
+            if has_torchsort:
+                t_torch = torchsort_seconds(x, w, reg, args.runs, args.warmup)
+                row += f" {t_torch * 1e3:.1f} | {times[0] / t_torch:.2f} |"
+            print(row, flush=True)
 
 
 def sort_table(args):
@@ -186,8 +166,8 @@ def main():
     parser.add_argument("--sorts", action="store_true", help="time the sort alone instead")
     parser.add_argument("--rankdata", action="store_true", help="time pcjax.rank and rankdata instead")
     parser.add_argument(
-        "--torch-threads", type=int, default=None,
-        help="torch.set_num_threads for the torchsort column (default: torch's own choice)",
+        "--torch-threads", type=int, default=2,
+        help="torch.set_num_threads for the torchsort column",
     )
     parser.add_argument("--runs", type=int, default=5)
     # One warm-up call compiles; the first few calls after it still run slower (seen: 19 against

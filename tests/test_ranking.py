@@ -5,6 +5,8 @@ to an isotonic problem (Blondel et al. 2020, arXiv:2002.08871): for l2 it is sol
 scikit-learn's isotonic_regression, for kl by a sequential stack-based pool-adjacent-violators
 written below in float64 NumPy (independent of the library's two solvers, which are
 compared with each other in `test_sequential_and_parallel_solvers_give_the_same_blocks_and_values`).
+Every test runs on both CPU solvers: the compiled C++ one (skipped when it is not built) and the
+pure-JAX one.
 """
 
 import functools
@@ -24,6 +26,19 @@ from pcjax.ranking import rank, soft_rank, soft_sort
 REGULARIZATIONS = ("l2", "kl")
 DIRECTIONS = ("ascending", "descending")
 OPS = {"rank": soft_rank, "sort": soft_sort}
+BACKENDS = [
+    pytest.param("compiled", marks=pytest.mark.skipif(
+        ranking.native._UNAVAILABLE is not None, reason=f"{ranking.native._UNAVAILABLE}")),
+    "jax",
+]
+
+
+@pytest.fixture(autouse=True, params=BACKENDS)
+def cpu_backend(request):
+    before = ranking.cpu_backend()
+    ranking.use_cpu_backend(request.param)
+    yield request.param
+    ranking.use_cpu_backend(before)
 
 
 # ----------------------------------------------------------------------------- reference
