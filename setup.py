@@ -16,9 +16,11 @@ class OptionalBuildExt(build_ext):
     def run(self):
         try:
             import jax
+            import jaxlib
 
             for ext in self.extensions:
                 ext.include_dirs.append(jax.ffi.include_dir())
+                ext.define_macros.append(("PCJAX_JAXLIB_VERSION", f'"{jaxlib.__version__}"'))
             super().run()
         except Exception as error:  # noqa: BLE001 - any build failure means the fallback
             self.warn(f"pcjax: C++ soft-rank solver not built ({error}); using pure JAX on CPU.")

@@ -15,6 +15,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
@@ -31,6 +32,12 @@ def _register() -> str | None:
         return "not built"
     try:
         library = ctypes.CDLL(paths[0])
+        library.PcjaxBuiltForJaxlib.restype = ctypes.c_char_p
+        built_for = library.PcjaxBuiltForJaxlib().decode()
+        if built_for != jaxlib.__version__:
+            # Registering a handler of another FFI API version would fail the CPU backend.
+            return (f"built for jaxlib {built_for}, running {jaxlib.__version__}; reinstall "
+                    "pcjax to rebuild it")
         jax.ffi.register_ffi_target(
             _TARGET, jax.ffi.pycapsule(library.PcjaxSoftOp), platform="cpu"
         )

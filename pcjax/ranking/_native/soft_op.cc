@@ -259,3 +259,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PcjaxSoftOp, SoftOp,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<int32_t>("kind")
                                   .Attr<int32_t>("reg"));
+
+// The jaxlib whose FFI headers this library was compiled against: a handler is only registered
+// with that jaxlib, since XLA refuses (and fails the whole CPU backend on) a handler built for
+// another FFI API version.
+extern "C" const char* PcjaxBuiltForJaxlib() { return PCJAX_JAXLIB_VERSION; }
