@@ -65,7 +65,9 @@ def _exact_prefix_sums(d: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     total = jnp.sum(jnp.abs(d), axis=1, keepdims=True)
     finfo = jnp.finfo(d.dtype)
-    q = jnp.exp2(jnp.maximum(jnp.ceil(jnp.log2(jnp.maximum(total, finfo.tiny))) - 22, finfo.minexp))
+    exponent = jnp.ceil(jnp.log2(jnp.maximum(total, finfo.tiny))) - 22
+    # ldexp builds the power of two exactly; exp2 is not exact on every XLA CPU build.
+    q = jnp.ldexp(jnp.ones_like(total), jnp.maximum(exponent, finfo.minexp).astype(jnp.int32))
     d_hi = jnp.round(d / q) * q
     pad = ((0, 0), (1, 0))
     return jnp.pad(_cumsum(d_hi), pad), jnp.pad(_cumsum(d - d_hi), pad)
