@@ -115,12 +115,25 @@ def _load_config():
     return config
 
 
+def _last_checkpoint(workdir: str) -> str | None:
+    """Where the newest checkpoint of the job in `workdir` is, in words, or None if it has none."""
+    for phase in ("student", "teacher"):
+        directory = os.path.abspath(os.path.join(workdir, phase, "checkpoints"))
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+        steps = [int(n) for n in names if n.isdigit()]
+        if steps:
+            return (f"the last checkpoint is {phase} step {max(steps)} in {directory}; rerun the "
+                    "same command to resume from it")
+    return None
+
+
 def main(argv):
     del argv  # Checked by _parse_flags.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Library INFO chatter would bury the progress bars.
     config = _load_config()
-    workdir = None
+    # Known before any work, so an interrupt at any moment can say where the last checkpoint is.
+    workdir = _WORKDIR.value or os.path.join("workdir", config.name)
     try:
         import jax
 
@@ -136,9 +149,7 @@ def main(argv):
         )
         from pcjax.training import config as config_lib
         from pcjax.training import report, trainer
-        from pcjax.training.loop import last_checkpoint
 
-        workdir = _WORKDIR.value or trainer.default_workdir(config)
         try:
             results = trainer.run(config, workdir, extend=_EXTEND.value)
             preemption.check()  # A signal whose exception was lost ends the run as interrupted.
@@ -148,7 +159,7 @@ def main(argv):
             print(error, file=sys.stderr)
             sys.exit(error.exit_code)
     except KeyboardInterrupt as error:  # Ctrl-C, or preemption.Interrupted (SIGINT, SIGTERM).
-        where = last_checkpoint(workdir) if workdir else None
+        where = _last_checkpoint(workdir)
         reason = getattr(error, "reason", "interrupted")
         _exit(getattr(error, "exit_code", 130), f"{reason}; {where or 'no checkpoint was written'}")
     except Exception as error:  # noqa: BLE001 - the one-line report of any failure.

@@ -504,6 +504,16 @@ def test_a_signal_during_start_up_ends_the_run_with_one_line(tmp_path, signum, d
         and line.endswith("rerun the same command to resume")), result.stderr[-3000:]
 
 
+def test_a_signal_during_start_up_names_an_earlier_runs_checkpoint(finished, tmp_path):
+    """Interrupted before any work, a rerun into a workdir with checkpoints says where they are."""
+    workdir = copy_of(finished, tmp_path)
+    result = _signalled(workdir, signal.SIGINT, 0.7)
+    assert result.returncode == 130, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.strip().splitlines() if "%|" not in line]
+    assert line.startswith("train.py: error: interrupted; the last checkpoint is student step "), line
+    assert line.endswith("rerun the same command to resume from it")
+
+
 _SLOW_EVALUATION = """
 import runpy, sys, time
 from pcjax.training import trainer

@@ -19,7 +19,6 @@ _LAZY = {
     "TrainingDivergedError": "pcjax.training.loop",
     "base_config": "pcjax.training.config",
     "complete": "pcjax.training.config",
-    "default_workdir": "pcjax.training.trainer",
     "make_mesh": "pcjax.training.sharding",
     "phase_config": "pcjax.training.config",
     "resolve": "pcjax.training.spec",

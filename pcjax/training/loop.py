@@ -34,7 +34,7 @@ from pcjax import data
 from pcjax.training import build, checkpoint, preemption, sharding
 from pcjax.training import logging as log_lib
 from pcjax.training import state as state_lib
-from pcjax.training.spec import STUDENT, TEACHER, RunSpec
+from pcjax.training.spec import RunSpec
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -155,17 +155,3 @@ def run_phase(
         progress.close()
         ckpt.close()
     return state
-
-
-def last_checkpoint(workdir: str) -> str | None:
-    """Where the newest checkpoint of the job in `workdir` is, in words, or None if it has none."""
-    for phase in (STUDENT, TEACHER):
-        directory = os.path.abspath(os.path.join(workdir, phase, "checkpoints"))
-        names = os.listdir(directory) if os.path.isdir(directory) else []
-        steps = [int(n) for n in names if n.isdigit()]
-        if steps:
-            return (
-                f"the last checkpoint is {phase} step {max(steps)} in {directory}; rerun the same "
-                "command to resume from it"
-            )
-    return None

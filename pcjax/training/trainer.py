@@ -139,11 +139,6 @@ def evaluate(ctx: Context, teacher: Model, student: Model) -> dict[str, float]:
     return results
 
 
-def default_workdir(config: ml_collections.ConfigDict) -> str:
-    """``./workdir/<config.name>``, used when train.py gets no --workdir."""
-    return os.path.join("workdir", config.name)
-
-
 def _phases_ended(spec: RunSpec, workdir: str) -> dict[str, bool]:
     """Whether each phase has finished in `workdir` (the teacher: its export exists; the student:
     the run wrote its results)."""
