@@ -8,7 +8,8 @@ Run (this is also what `python train.py` with no arguments runs, into ./workdir/
 
     python train.py --config configs/digits.py --workdir workdir/digits
 
-Time: 38 s on a quiet 2-core CPU (the figure the README quotes).
+Time: 46 s on a 2-core CPU with one other process running (load average 3, 2026-12-05; the
+figure the README quotes), most of the first seconds of each phase compiling its step.
 """
 
 import ml_collections
