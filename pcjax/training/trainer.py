@@ -147,9 +147,14 @@ def _phases_ended(spec: RunSpec, workdir: str) -> dict[str, bool]:
 
 
 def _holds_a_checkpoint(workdir: str) -> bool:
-    return any(checkpoint.model_exists(os.path.join(workdir, TEACHER, "model")) or (
-        os.path.isdir(d := os.path.join(workdir, phase, "checkpoints"))
-        and any(n.isdigit() for n in os.listdir(d))) for phase in (TEACHER, STUDENT))
+    """Whether `workdir` holds anything a rerun would continue: a teacher export or a step."""
+    if checkpoint.model_exists(os.path.join(workdir, TEACHER, "model")):
+        return True
+    for phase in (TEACHER, STUDENT):
+        directory = os.path.join(workdir, phase, "checkpoints")
+        if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
+            return True
+    return False
 
 
 def run(
