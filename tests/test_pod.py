@@ -12,6 +12,8 @@ Jobs (digits, 6 teacher + 40 student steps, batch 32, every step logged):
   from2to1    2 x 2 preempted by SIGTERM to process 1 only, resumed as 1 x 4
   from1to2    1 x 4 preempted by SIGINT (Ctrl-C), resumed as 2 x 2
   killed      2 x 2, process 1 killed (SIGKILL) mid-student; rerun as 1 x 4
+  evalterm    2 x 2, SIGTERM to process 1 after the student's last step (JAX's notifier holds
+              SIGTERM in a multi-process run); rerun as 1 x 4
 """
 
 import json
@@ -262,7 +264,8 @@ def _checkpoints(workdir, phase="student"):
 def pod(tmp_path_factory):
     root = tmp_path_factory.mktemp("pod")
     cache = str(root / "compilation_cache")
-    dirs = {name: root / name for name in ("reference", "from2to1", "from1to2", "killed")}
+    dirs = {name: root / name
+            for name in ("reference", "from2to1", "from1to2", "killed", "evalterm")}
     jobs = {}
 
     # Wave 1 compiles the 1 x 4 and the 2 x 2 programs once each.
@@ -293,14 +296,29 @@ def pod(tmp_path_factory):
     except subprocess.TimeoutExpired:
         killed.procs[0].kill()
     killed.survivor_seconds = time.monotonic() - start
-    for name in ("from2to1/resumed", "from1to2/preempted", "killed/killed"):
+    # The signal lands between the student's final checkpoint and the end of the evaluation.
+    terminated = jobs["evalterm/terminated"] = Job(dirs["evalterm"], 2, 2, cache, "terminated")
+    terminated.wait_until(
+        lambda: STUDENT_STEPS in _checkpoints(terminated.workdir)
+        if os.path.isdir(os.path.join(terminated.workdir, "student", "checkpoints")) else False,
+        f"student checkpoint {STUDENT_STEPS}",
+    )
+    pid = terminated.procs[1].pid
+    os.kill(pid, signal.SIGSTOP)
+    terminated.results_before_signal = os.path.exists(dirs["evalterm"] / "results.json")
+    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGCONT)
+    for name in ("from2to1/resumed", "from1to2/preempted", "killed/killed",
+                 "evalterm/terminated"):
         jobs[name].wait()
+    terminated.results_after_signal = os.path.exists(dirs["evalterm"] / "results.json")
     jobs["from1to2/preempted"].checkpoints = _checkpoints(dirs["from1to2"])
 
     # Wave 3.
     jobs["from1to2/resumed"] = Job(dirs["from1to2"], 2, 2, cache, "resumed")
     jobs["killed/rerun"] = Job(dirs["killed"], 1, 4, cache, "rerun")
-    for name in ("from1to2/resumed", "killed/rerun"):
+    jobs["evalterm/rerun"] = Job(dirs["evalterm"], 1, 4, cache, "rerun")
+    for name in ("from1to2/resumed", "killed/rerun", "evalterm/rerun"):
         jobs[name].wait()
     return {"dirs": dirs, "jobs": jobs}
 
@@ -327,11 +345,12 @@ def _final_student(workdir):
 
 def test_every_job_exits_as_expected(pod):
     jobs = pod["jobs"]
-    for name in ("reference", "from2to1/resumed", "from1to2/resumed", "killed/rerun"):
+    for name in ("reference", "from2to1/resumed", "from1to2/resumed", "killed/rerun",
+                 "evalterm/rerun"):
         assert jobs[name].returncodes == [0] * len(jobs[name].procs), jobs[name].output(0)[-3000:]
 
 
-@pytest.mark.parametrize("name", ["from2to1", "from1to2", "killed"])
+@pytest.mark.parametrize("name", ["from2to1", "from1to2", "killed", "evalterm"])
 def test_multi_process_and_resumed_jobs_match_the_single_process_job(pod, name):
     reference, workdir = pod["dirs"]["reference"], pod["dirs"][name]
     # gloo and in-process all-reduces sum float32 in another order, which moves the last bits.
@@ -429,3 +448,21 @@ def test_killing_a_process_stops_the_other_promptly_and_the_rerun_resumes(pod):
     for step in range(1, job.checkpoint_before_kill + 1):
         assert student.count(step) == 1
     assert student[-1] == STUDENT_STEPS
+
+
+def test_sigterm_after_the_last_step_stops_every_process_and_the_rerun_evaluates(pod):
+    job = pod["jobs"]["evalterm/terminated"]
+    assert not job.results_before_signal  # Else the signal came after the run had ended.
+    assert job.returncodes == [143, 143], job.output(0)[-3000:]
+    directory = os.path.join(job.workdir, "student", "checkpoints")
+    for i in range(2):
+        output = job.output(i)
+        assert "Traceback" not in output
+        assert output.strip().splitlines()[-1] == (
+            f"train.py: error: terminated by SIGTERM; the last checkpoint is student step {STUDENT_STEPS} in "
+            f"{directory}; rerun the same command to resume from it"
+        ), output[-3000:]
+    assert not job.results_after_signal  # No result is recorded for an interrupted evaluation.
+    student = [r["step"] for r in _records(job.workdir)
+               if r["phase"] == "student" and r["split"] == "train"]
+    assert student == list(range(1, STUDENT_STEPS + 1))  # The rerun only evaluated.

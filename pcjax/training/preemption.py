@@ -13,7 +13,9 @@ read at the next step boundary.
 Outside the step loops (start-up, compilation, the teacher export, the final evaluation) the
 handlers of `install` raise `Interrupted`. A signal whose exception was lost (Python ignores an
 exception raised inside a garbage-collector callback) stays recorded: the next phase stops at
-its first step and `check` raises it, so an interrupted run never ends as a success.
+its first step and `check` raises it, so an interrupted run never ends as a success. In a
+multi-process run JAX's notifier holds SIGTERM there too; it writes the notice to the
+coordination service, where `check_pod` finds it between the stages of the run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ import signal
 import threading
 
 import jax
+import numpy as np
+from jax._src import distributed  # The coordination service's client: no public accessor.
 from jax.experimental import multihost_utils
+
+# The key JAX's preemption sync manager writes to the coordination service when any process
+# receives a preemption notice (SIGTERM in a multi-process run).
+_NOTICE_KEY = "RECEIVED_PREEMPTION_NOTICE"
 
 
 class Preempted(Exception):
@@ -100,6 +108,34 @@ def check() -> None:
     """
     if _received:
         raise Interrupted(_received[0])
+
+
+def _notice_received() -> bool:
+    client = distributed.global_state.client
+    if client is None:
+        return False
+    try:
+        return client.key_value_try_get(_NOTICE_KEY) is not None
+    except jax.errors.JaxRuntimeError:  # NOT_FOUND: no process received a notice.
+        return False
+
+
+def check_pod() -> None:
+    """`check`, and in a multi-process run, raises `Interrupted` (SIGTERM) on every process if any
+    of them received a preemption notice.
+
+    A collective: every process calls it at the same point of the run. Each process reads the
+    notice from the coordination service (written there within milliseconds of the signal) and
+    the processes agree on whether any one saw it, so either all of them stop or none does.
+
+    Examples:
+        >>> check_pod()  # One process, nothing received: returns.
+    """
+    check()
+    if jax.process_count() > 1:
+        seen = multihost_utils.process_allgather(np.int32(_notice_received()))
+        if np.any(seen):
+            raise Interrupted(signal.SIGTERM)
 
 
 class PreemptionWatch:

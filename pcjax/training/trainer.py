@@ -15,7 +15,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from pcjax.training import build, checkpoint, evaluation, report, resume
+from pcjax.training import build, checkpoint, evaluation, preemption, report, resume
 from pcjax.training import logging as log_lib
 from pcjax.training import state as state_lib
 from pcjax.training.build import Model
@@ -182,9 +182,13 @@ def run(
         log_lib.save_config(spec.config, workdir)
         ctx = Context(spec, workdir, writer)
         try:
+            # Between the stages, a multi-process run stops on a notice JAX's notifier took.
             teacher = teacher_phase(ctx)
+            preemption.check_pod()
             student = student_phase(ctx, teacher)
+            preemption.check_pod()
             results = evaluate(ctx, teacher, student)
+            preemption.check_pod()  # Before results.json: a rerun evaluates again.
             writer.rewind("final", -1)  # A rerun of a finished job replaces its final record.
             writer.write("final", "eval", 0, results)
         finally:
