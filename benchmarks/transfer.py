@@ -99,8 +99,13 @@ _LOSSES = (
     Method("FitNet", "fitnet"),
     Method("CRD", "crd"),
 )
+# The neighbourhood variant of perception coherence (docs/loss.md): each reference row scores only
+# its k teacher-nearest pairs, out of batch_size - 1 (63 at the tables' batch of 64).
+NEIGHBOURHOOD = tuple(
+    Method(f"perception coherence (mse, neighbourhood {k})", "perception_coherence",
+           (("objective", "mse"), ("neighbourhood", k))) for k in (8, 16, 32))
 METHODS = {
-    "class_unaware": (*_LOSSES, Method("no transfer", trained=False),
+    "class_unaware": (*_LOSSES, *NEIGHBOURHOOD, Method("no transfer", trained=False),
                       Method("supervised (CE, labels)")),
     "class_aware": (Method("CE only"), Method("KD", "kd", weights=(0.1, 0.9, 0.0)), *_LOSSES,
                     Method("CRD + KD", "crd", weights=(1.0, 1.0, 0.8))),
