@@ -43,9 +43,8 @@ def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return image[:, ::-1] if rng.random() < 0.5 else image
 
 
-def cifar_crop_flip(
-    image: np.ndarray, rng: np.random.Generator, *, padding: int = CIFAR_PADDING
-) -> np.ndarray:
+def cifar_crop_flip(image: np.ndarray, rng: np.random.Generator, *,
+                    padding: int = CIFAR_PADDING) -> np.ndarray:
     """Zero-pad `padding` pixels on each side, crop back to (H, W) at a random offset, maybe flip.
 
     Args:
@@ -69,9 +68,8 @@ def _resize(image: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, 
     return out.reshape(size + image.shape[2:])
 
 
-def random_resized_crop(
-    image: np.ndarray, rng: np.random.Generator, *, size: int = IMAGENET_SIZE
-) -> np.ndarray:
+def random_resized_crop(image: np.ndarray, rng: np.random.Generator, *,
+                        size: int = IMAGENET_SIZE) -> np.ndarray:
     """Random crop of random area and aspect ratio, resized to (size, size), then maybe flipped.
 
     Args:
@@ -107,9 +105,8 @@ def random_resized_crop(
     return random_flip(_resize(image, (size, size), box), rng)
 
 
-def center_crop(
-    image: np.ndarray, *, resize: int = IMAGENET_RESIZE, size: int = IMAGENET_SIZE
-) -> np.ndarray:
+def center_crop(image: np.ndarray, *, resize: int = IMAGENET_RESIZE,
+                size: int = IMAGENET_SIZE) -> np.ndarray:
     """Resize so the shorter side is `resize` (aspect kept), then take the central (size, size).
 
     Args:
@@ -126,9 +123,8 @@ def center_crop(
     return resized[top : top + size, left : left + size]
 
 
-def preprocess(
-    image: np.ndarray, spec: DatasetSpec, *, rng: np.random.Generator | None
-) -> np.ndarray:
+def preprocess(image: np.ndarray, spec: DatasetSpec, *,
+               rng: np.random.Generator | None) -> np.ndarray:
     """One stored example image -> the normalized float32 model input of shape `spec.image_shape`.
 
     Args:

@@ -68,11 +68,9 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def build(self) -> None:
         """Writes the dataset into its data dir: offline, no statistics computed."""
-        self.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP
-            )
-        )
+        config = tfds.download.DownloadConfig(
+            try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP)
+        self.download_and_prepare(download_config=config)
 
 
 def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
@@ -98,13 +96,11 @@ class _Generated(OfflineBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.DESCRIPTION,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=self.IMAGE_DTYPE),
-                    "label": tfds.features.ClassLabel(num_classes=10),
-                    "index": tfds.features.Scalar(dtype=np.int64),
-                }
-            ),
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=self.IMAGE_DTYPE),
+                "label": tfds.features.ClassLabel(num_classes=10),
+                "index": tfds.features.Scalar(dtype=np.int64),
+            }),
             supervised_keys=("image", "label"),
             disable_shuffling=True,
             homepage=self.HOMEPAGE,

@@ -27,7 +27,7 @@ import functools
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import grain
@@ -48,17 +48,9 @@ _SHUFFLE_STREAM = 0x5EED
 _READ_OPTIONS = grain.ReadOptions(num_threads=min(4, os.cpu_count() or 1), prefetch_buffer_size=256)
 
 
-def train_batches(
-    name: str,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    split: str = "train",
-    global_batch_size: int,
-    seed: int,
-    start_step: int = 0,
-    sharding: Sharding | None = None,
-    augment: bool = True,
-) -> Iterator[Batch]:
+def train_batches(name: str, *, data_dir: str | os.PathLike | None = None, split: str = "train",
+                  global_batch_size: int, seed: int, start_step: int = 0,
+                  sharding: Sharding | None = None, augment: bool = True) -> Iterator[Batch]:
     """Endless training batches {"image", "label", "index"}; batch k depends only on (seed, k).
 
     Close the returned generator (``.close()``) when done with it: that stops the reading threads.
@@ -107,11 +99,7 @@ def train_batches(
     # (the same permutation as shuffling the examples themselves), read by _load_train_example.
     stream = grain.MapDataset.range(len(examples)).shuffle(seed=shuffle_seed).repeat()
     load = functools.partial(
-        _load_train_example,
-        examples=examples,
-        stream=stream,
-        spec=dataset_spec,
-        rows=rows,
+        _load_train_example, examples=examples, stream=stream, spec=dataset_spec, rows=rows,
         global_batch_size=global_batch_size,
         seed=seed if augment and dataset_spec.augmentation != "none" else None,
     )
@@ -121,14 +109,8 @@ def train_batches(
     return _iterate(dataset, local, sharding, global_batch_size)
 
 
-def eval_batches(
-    name: str,
-    split: str,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    global_batch_size: int,
-    sharding: Sharding | None = None,
-) -> Iterator[Batch]:
+def eval_batches(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
+                 global_batch_size: int, sharding: Sharding | None = None) -> Iterator[Batch]:
     """One pass of evaluation batches {"image", "label", "mask"} over `split`, last batch padded.
 
     Args:
@@ -153,13 +135,8 @@ def eval_batches(
     dataset_spec = spec(name, data_dir=data_dir)
     examples = source(name, split, data_dir=data_dir)
     num_steps = math.ceil(len(examples) / global_batch_size)
-    load = functools.partial(
-        _load_eval_example,
-        examples=examples,
-        spec=dataset_spec,
-        rows=rows,
-        global_batch_size=global_batch_size,
-    )
+    load = functools.partial(_load_eval_example, examples=examples, spec=dataset_spec, rows=rows,
+                             global_batch_size=global_batch_size)
     dataset = grain.MapDataset.range(num_steps * len(rows)).map(load)
     return _iterate(dataset, len(rows), sharding, global_batch_size)
 
@@ -175,35 +152,22 @@ def _load_train_example(j, *, examples, stream, spec, rows, global_batch_size, s
     index = stream[position]
     example = examples[index]
     rng = example_rng(seed, position) if seed is not None else None
-    return {
-        "image": preprocess(example["image"], spec, rng=rng),
-        "label": np.int32(example["label"]),
-        "index": np.int32(index),
-    }
+    return {"image": preprocess(example["image"], spec, rng=rng),
+            "label": np.int32(example["label"]), "index": np.int32(index)}
 
 
 def _load_eval_example(j, *, examples, spec: DatasetSpec, rows, global_batch_size):
     position = _stream_position(j, rows, global_batch_size)
     if position >= len(examples):
-        return {
-            "image": np.zeros(spec.image_shape, np.float32),
-            "label": np.int32(0),
-            "mask": np.False_,
-        }
+        return {"image": np.zeros(spec.image_shape, np.float32), "label": np.int32(0),
+                "mask": np.False_}
     example = examples[position]
-    return {
-        "image": preprocess(example["image"], spec, rng=None),
-        "label": np.int32(example["label"]),
-        "mask": np.True_,
-    }
+    return {"image": preprocess(example["image"], spec, rng=None),
+            "label": np.int32(example["label"]), "mask": np.True_}
 
 
-def _iterate(
-    dataset: grain.MapDataset,
-    local_batch_size: int,
-    sharding: Sharding | None,
-    global_batch_size: int,
-) -> Iterator[Batch]:
+def _iterate(dataset: grain.MapDataset, local_batch_size: int, sharding: Sharding | None,
+             global_batch_size: int) -> Iterator[Batch]:
     batches = dataset.batch(local_batch_size, drop_remainder=True)
     iterator = iter(batches.to_iter_dataset(_READ_OPTIONS))
     try:
@@ -251,12 +215,8 @@ def _process_rows(global_batch_size: int, sharding: Sharding | None) -> np.ndarr
             "the batch axis only"
         ) from None
     _check_batch_split(global_batch_size, len(shards), "shards of `sharding`")
-    slices: Sequence[tuple[int, int]] = sorted(
-        {
-            (index[0].start or 0, index[0].stop or global_batch_size)
-            for index in sharding.addressable_devices_indices_map((global_batch_size,)).values()
-        }
-    )
+    held = sharding.addressable_devices_indices_map((global_batch_size,)).values()
+    slices = sorted({(index[0].start or 0, index[0].stop or global_batch_size) for index in held})
     return np.concatenate([np.arange(start, stop) for start, stop in slices])
 
 

@@ -81,9 +81,8 @@ def spec(name: str, *, data_dir: str | os.PathLike | None = None) -> DatasetSpec
     return prepared
 
 
-def source(
-    name: str, split: str, *, data_dir: str | os.PathLike | None = None
-) -> Sequence[dict[str, Any]]:
+def source(name: str, split: str, *,
+           data_dir: str | os.PathLike | None = None) -> Sequence[dict[str, Any]]:
     """Random-access source of decoded examples {"image", "label", ...} of one split.
 
     Args:
@@ -135,15 +134,11 @@ def folder_spec(name: str, data_dir: str | os.PathLike | None) -> DatasetSpec | 
     if stored is None:
         return None
     return DatasetSpec(
-        name=name,
-        num_classes=builder.info.features["label"].num_classes,
+        name=name, num_classes=builder.info.features["label"].num_classes,
         image_shape=tuple(stored["image_shape"]),
         splits={split: info.num_examples for split, info in builder.info.splits.items()},
-        mean=tuple(stored["mean"]),
-        std=tuple(stored["std"]),
-        pixel_scale=255.0,
-        augmentation=stored["augmentation"],
-        local=False,
+        mean=tuple(stored["mean"]), std=tuple(stored["std"]), pixel_scale=255.0,
+        augmentation=stored["augmentation"], local=False,
         prepare_command=(
             f"python -m pcjax.data.prepare folder --dir {stored['dir']} --name {name} "
             "--data_dir={data_dir}"

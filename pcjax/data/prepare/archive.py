@@ -113,13 +113,9 @@ def read_cifar(archive: str, layout: CifarArchive, num_classes: dict[str, int]):
                         f"{archive}: {layout.meta_member}[{names_key!r}] has "
                         f"{len(names[feature])} names, expected {num_classes[feature]}"
                     )
-            splits = {
-                split: _read_batches(archive, tar, members, layout, num_classes)
-                for split, members in (
-                    ("train", layout.train_members),
-                    ("test", layout.test_members),
-                )
-            }
+            splits = {split: _read_batches(archive, tar, members, layout, num_classes)
+                      for split, members in [("train", layout.train_members),
+                                             ("test", layout.test_members)]}
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         detail = " ".join(str(e).split()) or type(e).__name__
         raise PrepareError(
@@ -162,12 +158,8 @@ def _read_batches(archive, tar, members, layout: CifarArchive, num_classes) -> d
     for member in members:
         batch = _load_member(archive, tar, member)
         data = batch.get(b"data")
-        if not (
-            isinstance(data, np.ndarray)
-            and data.dtype == np.uint8
-            and data.ndim == 2
-            and data.shape[1] == 3 * _CIFAR_SIDE**2
-        ):
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+                and data.shape[1] == 3 * _CIFAR_SIDE**2):
             got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else repr(type(data))
             raise PrepareError(
                 f"{archive}: {member}[b'data'] must be uint8 of shape (N, 3072), got {got}"

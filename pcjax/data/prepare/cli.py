@@ -19,11 +19,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Prepare CIFAR or an image folder as a TFDS array_record dataset.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in CIFAR:
-        cifar_parser = commands.add_parser(name, help=f"{name} from {CIFAR[name].filename}")
-        cifar_parser.add_argument(
-            "--archive", help=f"{CIFAR[name].filename} (default: download it)"
-        )
+    for name, layout in CIFAR.items():
+        cifar_parser = commands.add_parser(name, help=f"{name} from {layout.filename}")
+        cifar_parser.add_argument("--archive", help=f"{layout.filename} (default: download it)")
     folder = commands.add_parser("folder", help="a folder of class subfolders of images")
     folder.add_argument("--dir", required=True, help="one subfolder of images per class")
     folder.add_argument("--name", required=True, help="dataset name for --config.dataset")
@@ -40,14 +38,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         if args.command == "folder":
-            where = prepare_folder(
-                args.dir,
-                args.name,
-                image_size=args.image_size,
-                test_dir=args.test_dir,
-                test_labels=args.test_labels,
-                data_dir=args.data_dir,
-            )
+            where = prepare_folder(args.dir, args.name, image_size=args.image_size,
+                                   test_dir=args.test_dir, test_labels=args.test_labels,
+                                   data_dir=args.data_dir)
         else:
             where = prepare_cifar(args.command, archive=args.archive, data_dir=args.data_dir)
     except PrepareError as e:

@@ -59,11 +59,8 @@ def scan_class_folders(root: str, class_names: Sequence[str] | None = None):
     """
     if not os.path.isdir(root):
         raise PrepareError(f"{root}: no such directory")
-    folders = sorted(
-        d
-        for d in os.listdir(root)
-        if not d.startswith(".") and os.path.isdir(os.path.join(root, d))
-    )
+    folders = sorted(d for d in os.listdir(root)
+                     if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
     if class_names is None:
         if len(folders) < 2:
             raise PrepareError(
@@ -75,9 +72,7 @@ def scan_class_folders(root: str, class_names: Sequence[str] | None = None):
     paths, labels = [], []
     for folder in folders:
         if folder not in index:
-            raise PrepareError(
-                f"{os.path.join(root, folder)}: not a class of the training folder"
-            )
+            raise PrepareError(f"{os.path.join(root, folder)}: not a class of the training folder")
         images = images_in(os.path.join(root, folder))
         if not images:
             raise PrepareError(
@@ -139,13 +134,11 @@ class _Folder(builders.OfflineBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description=f"Image folder {self._source_dir}, prepared by pcjax.data.prepare.",
-            features=tfds.features.FeaturesDict(
-                {
-                    "id": tfds.features.Text(),
-                    "image": tfds.features.Image(shape=(side, side, 3)),
-                    "label": tfds.features.ClassLabel(names=self._class_names),
-                }
-            ),
+            features=tfds.features.FeaturesDict({
+                "id": tfds.features.Text(),
+                "image": tfds.features.Image(shape=(side, side, 3)),
+                "label": tfds.features.ClassLabel(names=self._class_names),
+            }),
             supervised_keys=("image", "label"),
             metadata=tfds.core.MetadataDict(),
         )
@@ -203,15 +196,9 @@ def _check_name(name: str) -> None:
         )
 
 
-def prepare_folder(
-    directory: str,
-    name: str,
-    *,
-    image_size: int | None = None,
-    test_dir: str | None = None,
-    test_labels: str | None = None,
-    data_dir: str | None = None,
-) -> str:
+def prepare_folder(directory: str, name: str, *, image_size: int | None = None,
+                   test_dir: str | None = None, test_labels: str | None = None,
+                   data_dir: str | None = None) -> str:
     """Writes the image folder `directory` as TFDS dataset `name`; returns its directory.
 
     Args:
@@ -257,14 +244,8 @@ def prepare_folder(
     builder_cls = types.new_class(
         "Folder", (_Folder,), {"skip_registration": True}, lambda ns: ns.update(name=name)
     )
-    builder = builder_cls(
-        source_dir=directory,
-        class_names=class_names,
-        splits=splits,
-        image_size=image_size,
-        data_dir=data_dir,
-        file_format=builders.FORMAT,
-    )
+    builder = builder_cls(source_dir=directory, class_names=class_names, splits=splits,
+                          image_size=image_size, data_dir=data_dir, file_format=builders.FORMAT)
     if builders.is_prepared(builder):
         raise PrepareError(
             f"{builder.data_dir}: dataset {name!r} is already prepared; remove that directory to "
