@@ -19,13 +19,9 @@ Example::
     model = pcjax.models.create("resnet8x4", num_classes=100, rngs=nnx.Rngs(0))
     features, logits = model(images, train=False)
 
-A zoo model's state is its ``nnx.Param`` and ``nnx.BatchStat`` variables (no rng streams). The
-train step (``pcjax.training.state.split`` / ``merge``) splits a model as
-``graphdef, params, model_state = nnx.split(model, nnx.Param, ...)``, so ``model_state`` holds
-everything but the parameters (the BatchNorm running statistics; the ``nnx.RngState`` of a model
-that kept its own ``nnx.Rngs`` would land there too), and rebuilds it inside the function it
-differentiates with ``nnx.merge(graphdef, params, model_state, copy=True)``: fresh variables that
-the train-mode forward pass may update within that trace.
+A zoo model's state is its ``nnx.Param`` and ``nnx.BatchStat`` variables (no rng streams); the
+train step splits it into ``params`` and ``model_state`` (everything else: the BatchNorm running
+statistics) and merges them back (``pcjax.training.state.split`` / ``merge``).
 """
 
 from __future__ import annotations
@@ -38,14 +34,8 @@ from flax import nnx
 from pcjax.models import mobilenetv2, resnet, shufflenet, small, vgg, wrn
 from pcjax.models.common import Layers, ModelOutput
 
-_REGISTRY = {
-    **resnet.MODELS,
-    **wrn.MODELS,
-    **vgg.MODELS,
-    **mobilenetv2.MODELS,
-    **shufflenet.MODELS,
-    **small.MODELS,
-}
+_REGISTRY = {**resnet.MODELS, **wrn.MODELS, **vgg.MODELS, **mobilenetv2.MODELS,
+             **shufflenet.MODELS, **small.MODELS}
 
 
 def names() -> tuple[str, ...]:
@@ -53,14 +43,8 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def create(
-    name: str,
-    *,
-    num_classes: int,
-    rngs: nnx.Rngs,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
-) -> nnx.Module:
+def create(name: str, *, num_classes: int, rngs: nnx.Rngs, dtype: Any = jnp.float32,
+           param_dtype: Any = jnp.float32) -> nnx.Module:
     """Builds the model registered as ``name``.
 
     Args:

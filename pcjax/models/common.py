@@ -3,8 +3,6 @@
 Conventions (all families follow them, so the registry can treat models alike):
 
 * inputs are channels-last: ``(B, H, W, C)`` images or ``(B, L, C)`` sequences;
-* ``model(x, *, train)`` returns :class:`ModelOutput` ``(features, logits)`` where
-  ``features`` ``(B, D)`` is exactly the vector the final linear classifier consumes;
 * BatchNorm follows PyTorch's defaults (running average ``0.9 * old + 0.1 * batch``,
   ``epsilon = 1e-5``) because the reference zoo (RepDistiller, torchvision) was trained with
   them; its running statistics are ``nnx.BatchStat`` variables;
@@ -59,75 +57,40 @@ class Layers:
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    def conv(
-        self,
-        in_features: int,
-        out_features: int,
-        kernel_size: int | Sequence[int],
-        stride: int = 1,
-        *,
-        groups: int = 1,
-        use_bias: bool = False,
-    ) -> nnx.Conv:
+    def conv(self, in_features: int, out_features: int, kernel_size: int | Sequence[int],
+             stride: int = 1, *, groups: int = 1, use_bias: bool = False) -> nnx.Conv:
         """Convolution with PyTorch-style symmetric ``kernel // 2`` padding.
 
         An int ``kernel_size`` means a square 2-D kernel; pass a 1-tuple for 1-D convolutions.
         """
         kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         return nnx.Conv(
-            in_features,
-            out_features,
-            kernel,
-            strides=(stride,) * len(kernel),
-            padding=tuple((k // 2, k // 2) for k in kernel),
-            feature_group_count=groups,
-            use_bias=use_bias,
-            kernel_init=conv_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            rngs=self.rngs,
+            in_features, out_features, kernel, strides=(stride,) * len(kernel),
+            padding=tuple((k // 2, k // 2) for k in kernel), feature_group_count=groups,
+            use_bias=use_bias, kernel_init=conv_init, dtype=self.dtype,
+            param_dtype=self.param_dtype, rngs=self.rngs,
         )
 
     def batch_norm(self, num_features: int) -> nnx.BatchNorm:
         """BatchNorm over the last axis; statistics are reduced in float32 whatever ``dtype``."""
         return nnx.BatchNorm(
-            num_features,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
-            use_fast_variance=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            rngs=self.rngs,
+            num_features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, use_fast_variance=False,
+            dtype=self.dtype, param_dtype=self.param_dtype, rngs=self.rngs,
         )
 
     def linear(self, in_features: int, out_features: int, *, kernel_init=dense_init) -> nnx.Linear:
-        return nnx.Linear(
-            in_features,
-            out_features,
-            kernel_init=kernel_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            rngs=self.rngs,
-        )
+        return nnx.Linear(in_features, out_features, kernel_init=kernel_init, dtype=self.dtype,
+                          param_dtype=self.param_dtype, rngs=self.rngs)
 
 
 class ConvBN(nnx.Module):
     """Convolution (no bias unless asked) followed by BatchNorm; no activation."""
 
-    def __init__(
-        self,
-        layers: Layers,
-        in_features: int,
-        out_features: int,
-        kernel_size: int | Sequence[int],
-        stride: int = 1,
-        *,
-        groups: int = 1,
-        use_bias: bool = False,
-    ):
-        self.conv = layers.conv(
-            in_features, out_features, kernel_size, stride, groups=groups, use_bias=use_bias
-        )
+    def __init__(self, layers: Layers, in_features: int, out_features: int,
+                 kernel_size: int | Sequence[int], stride: int = 1, *, groups: int = 1,
+                 use_bias: bool = False):
+        self.conv = layers.conv(in_features, out_features, kernel_size, stride, groups=groups,
+                                use_bias=use_bias)
         self.bn = layers.batch_norm(out_features)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -167,9 +130,7 @@ def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
     viewed as a ``(groups, C // groups)`` grid and transposed (Zhang et al., CVPR 2018).
     """
     *lead, channels = x.shape
-    return (
-        x.reshape(*lead, groups, channels // groups).swapaxes(-1, -2).reshape(*lead, channels)
-    )
+    return x.reshape(*lead, groups, channels // groups).swapaxes(-1, -2).reshape(*lead, channels)
 
 
 def check_input(x: jax.Array, *, spatial_dims: int, channels: int, model: str) -> None:

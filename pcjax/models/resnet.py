@@ -58,9 +58,8 @@ class Bottleneck(nnx.Module):
         self.conv2 = ConvBN(layers, planes, planes, 3, stride)
         self.conv3 = ConvBN(layers, planes, out_planes, 1)
         needs_projection = stride != 1 or in_planes != out_planes
-        self.shortcut = (
-            ConvBN(layers, in_planes, out_planes, 1, stride) if needs_projection else None
-        )
+        self.shortcut = (ConvBN(layers, in_planes, out_planes, 1, stride)
+                         if needs_projection else None)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         out = nnx.relu(self.conv1(x, train=train))
@@ -83,17 +82,9 @@ class ResNet(nnx.Module):
       num_classes: size of the logits.
     """
 
-    def __init__(
-        self,
-        layers: Layers,
-        *,
-        block: type[BasicBlock] | type[Bottleneck],
-        stage_sizes: Sequence[int],
-        stage_widths: Sequence[int],
-        stem_width: int,
-        stem: Literal["cifar", "imagenet"],
-        num_classes: int,
-    ):
+    def __init__(self, layers: Layers, *, block: type[BasicBlock] | type[Bottleneck],
+                 stage_sizes: Sequence[int], stage_widths: Sequence[int], stem_width: int,
+                 stem: Literal["cifar", "imagenet"], num_classes: int):
         self.stem_kind = stem
         self.stage_sizes = tuple(stage_sizes)  # names blocks as stage.index (pcjax.convert)
         kernel, stride = (7, 2) if stem == "imagenet" else (3, 1)

@@ -31,9 +31,8 @@ class WideBlock(nnx.Module):
         self.conv1 = layers.conv(in_planes, out_planes, 3, stride)
         self.bn2 = layers.batch_norm(out_planes)
         self.conv2 = layers.conv(out_planes, out_planes, 3)
-        self.shortcut = (
-            layers.conv(in_planes, out_planes, 1, stride) if in_planes != out_planes else None
-        )
+        self.shortcut = (layers.conv(in_planes, out_planes, 1, stride)
+                         if in_planes != out_planes else None)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         activated = nnx.relu(self.bn1(x, use_running_average=not train))
@@ -74,8 +73,5 @@ class WideResNet(nnx.Module):
 
 
 # name -> factory(layers, *, num_classes)
-MODELS = {
-    f"wrn_{depth}_{k}": functools.partial(WideResNet, depth=depth, widen_factor=k)
-    for depth in (16, 40)
-    for k in (1, 2)
-}
+MODELS = {f"wrn_{depth}_{k}": functools.partial(WideResNet, depth=depth, widen_factor=k)
+          for depth in (16, 40) for k in (1, 2)}
