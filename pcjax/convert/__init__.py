@@ -22,21 +22,9 @@ standard library and NumPy through an unpickler that refuses unknown globals;
 (``pcjax.training.checkpoint.save_model``).
 """
 
-from pcjax.convert.mapping import (
-    ConversionError,
-    archs,
-    convert_state_dict,
-    read_state_dict,
-    unwrap_state_dict,
-)
+from pcjax.convert.mapping import (ConversionError, archs, convert_state_dict, read_state_dict,
+                                   unwrap_state_dict)
 from pcjax.convert.pth import PthError, read_pth
 
-__all__ = [
-    "ConversionError",
-    "PthError",
-    "archs",
-    "convert_state_dict",
-    "read_pth",
-    "read_state_dict",
-    "unwrap_state_dict",
-]
+__all__ = ["ConversionError", "PthError", "archs", "convert_state_dict", "read_pth",
+           "read_state_dict", "unwrap_state_dict"]

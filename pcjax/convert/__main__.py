@@ -52,10 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     kernel = variables["params"]["fc"]["kernel"]
-    print(
-        f"{args.arch} ({kernel.shape[-1]} classes) from {args.source} -> "
-        f"{os.path.abspath(args.destination)}"
-    )
+    print(f"{args.arch} ({kernel.shape[-1]} classes) from {args.source} -> "
+          f"{os.path.abspath(args.destination)}")
     return 0
 
 

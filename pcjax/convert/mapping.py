@@ -100,12 +100,8 @@ _CONV = (2, 3, 1, 0)  # OIHW -> HWIO
 _LAYOUTS: dict[type, dict[str, tuple[str, tuple[int, ...] | None]]] = {
     nnx.Conv: {"kernel": ("weight", _CONV), "bias": ("bias", None)},
     nnx.Linear: {"kernel": ("weight", (1, 0)), "bias": ("bias", None)},
-    nnx.BatchNorm: {
-        "scale": ("weight", None),
-        "bias": ("bias", None),
-        "mean": ("running_mean", None),
-        "var": ("running_var", None),
-    },
+    nnx.BatchNorm: {"scale": ("weight", None), "bias": ("bias", None),
+                    "mean": ("running_mean", None), "var": ("running_var", None)},
 }
 # A BatchNorm tensor that is read and dropped (see the module docstring).
 _DROPPED = "num_batches_tracked"
@@ -169,8 +165,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     for key, value in arrays.items():
         if not isinstance(value, np.ndarray):
             raise ConversionError(
-                f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor"
-            )
+                f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
     return arrays
 
 
@@ -249,8 +244,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]):
     plan, dropped = _plan(arch, abstract)
     graphdef, params, model_state = state_lib.split(abstract)
 
-    missing, mismatched, used = [], [], set()
-    filled = []
+    missing, mismatched, used, filled = [], [], set(), []
     for state in (params, model_state):
         flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
         for path, target in flat.items():
@@ -266,11 +260,8 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, np.ndarray]):
                 continue
             flat[path] = jnp.asarray(value if perm is None else value.transpose(perm), target.dtype)
         filled.append((state, flat))
-    leftover = [
-        f"{k} {tuple(np.shape(v))}"
-        for k, v in state_dict.items()
-        if k not in used and k not in dropped
-    ]
+    leftover = [f"{k} {tuple(np.shape(v))}" for k, v in state_dict.items()
+                if k not in used and k not in dropped]
     if missing or leftover or mismatched:
         raise ConversionError(
             f"the checkpoint does not fit {arch} ({num_classes} classes):\n"

@@ -34,17 +34,10 @@ import numpy as np
 
 # torch's storage types (the global named in each persistent id) -> element type.
 _STORAGES = {
-    "DoubleStorage": np.float64,
-    "FloatStorage": np.float32,
-    "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-    "UntypedStorage": np.uint8,
+    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_, "UntypedStorage": np.uint8,
 }
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_VERSION = 1001
@@ -78,9 +71,8 @@ class _Tensor:
         """A copy of the view ``buffers[key][offset + sum(index * stride)]`` of shape `size`."""
         buffer = buffers[self.storage.key]
         numbers = (self.offset, *self.size, *self.stride)
-        if not all(type(n) is int and n >= 0 for n in numbers) or len(self.size) != len(
-            self.stride
-        ):
+        well_formed = all(type(n) is int and n >= 0 for n in numbers)
+        if not well_formed or len(self.size) != len(self.stride):
             raise PthError(f"a tensor view with offset {self.offset}, size {self.size} and "
                            f"stride {self.stride} is malformed")
         if 0 in self.size:
@@ -153,8 +145,7 @@ class _Unpickler(pickle.Unpickler):
 def _from_bytes(data: bytes, dtype: type, byteorder: str) -> np.ndarray:
     array = np.frombuffer(data, dtype)
     if byteorder != sys.byteorder and array.itemsize > 1:
-        unsigned = array.view(f"u{array.itemsize}")
-        array = unsigned.byteswap().view(dtype)
+        array = array.view(f"u{array.itemsize}").byteswap().view(dtype)
     return array
 
 
