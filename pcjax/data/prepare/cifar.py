@@ -33,9 +33,8 @@ class _FromArchive(builders.OfflineBuilder, skip_registration=True):
         del dl_manager  # The archive is read in place.
         features = self.info.features
         layout = CIFAR[self.name]
-        splits, names = read_cifar(
-            self._archive, layout, {f: features[f].num_classes for f in layout.labels}
-        )
+        num_classes = {f: features[f].num_classes for f in layout.labels}
+        splits, names = read_cifar(self._archive, layout, num_classes)
         for feature, label_names in names.items():
             features[feature].names = label_names
         return {
