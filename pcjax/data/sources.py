@@ -1,8 +1,5 @@
 """Datasets in a data dir: their specs and random-access sources, never touching the network.
 
-Data dir resolution: the `data_dir` argument unless None or "", else the TFDS_DATA_DIR environment
-variable, else ~/tensorflow_datasets (TFDS's own default).
-
 digits and mnist1d are built into the data dir on first use (a few seconds) and reused afterwards.
 cifar10, cifar100, imagenet2012 and image folder datasets must already be prepared there as
 array_record (`python -m pcjax.data.prepare` prepares CIFAR and image folders); otherwise
@@ -32,7 +29,7 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def default_data_dir() -> str:
-    """TFDS_DATA_DIR if set, else ~/tensorflow_datasets.
+    """TFDS_DATA_DIR if set, else ~/tensorflow_datasets (TFDS's own default).
 
     Examples:
       >>> import os
@@ -89,7 +86,7 @@ def source(name: str, split: str, *,
       name: a dataset of `pcjax.data.names()`.
       split: a TFDS split string, slicing included: "train", "test", "train[:90%]",
         "train[90%:]", "validation[:1000]".
-      data_dir: the TFDS data dir (None or "": see the module docstring).
+      data_dir: the TFDS data dir (None or "": `default_data_dir()`).
 
     Returns:
       a `tfds.data_source` (length and integer indexing; examples as NumPy arrays).
