@@ -15,11 +15,9 @@ Sources (``--arch`` is the pcjax model name):
 A plain state_dict is accepted as well as one under ``"model"``, and the ``module.`` prefix that
 ``nn.DataParallel`` adds is removed. The number of classes is read from the classifier's weight.
 
-Modules: :mod:`~pcjax.convert.pth` reads ``.pth`` files (zip and legacy formats) with the
-standard library and NumPy through an unpickler that refuses unknown globals;
-:mod:`~pcjax.convert.mapping` maps the state_dict by name onto the pcjax model;
-``__main__`` writes the teacher export that train.py reads
-(``pcjax.training.checkpoint.save_model``).
+:mod:`~pcjax.convert.pth` reads ``.pth`` files without running their code;
+:mod:`~pcjax.convert.mapping` maps the state_dict by name onto the pcjax model; ``__main__``
+writes the teacher export that train.py reads.
 """
 
 from pcjax.convert.mapping import (ConversionError, archs, convert_state_dict, read_state_dict,
