@@ -20,19 +20,9 @@ from pcjax.training import optim
 from pcjax.training.config import ConfigError
 from pcjax.training.spec import RunSpec
 
-MAY_DIFFER = (
-    "name",
-    "data_dir",
-    "distributed",
-    "heartbeat_timeout_seconds",
-    "num_devices",
-    "eval_split",
-    "eval.*",
-    "*.train.log_every",
-    "*.train.eval_every",
-    "*.train.checkpoint_every",
-    "*.train.keep_checkpoints",
-)
+MAY_DIFFER = ("name", "data_dir", "distributed", "heartbeat_timeout_seconds", "num_devices",
+              "eval_split", "eval.*", "*.train.log_every", "*.train.eval_every",
+              "*.train.checkpoint_every", "*.train.keep_checkpoints")
 LENGTH_KEYS = ("*.train.num_steps", "*.train.num_epochs")
 _MISSING = "(absent)"
 
@@ -124,4 +114,3 @@ def check_resume(saved: dict, spec: RunSpec, *, workdir: str, extend: bool = Fal
         if problems:
             raise ConfigError(f"--extend: only extends a phase that has not ended "
                               f"({'; '.join(problems)}). Use a new --workdir.")
-
