@@ -104,10 +104,8 @@ def saved_config(workdir: str) -> dict | None:
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError.
         cause = f" ({str(error).splitlines()[0]})"
     if not isinstance(saved, dict):
-        raise ConfigError(
-            f"config: {path} is damaged: not the JSON object a run writes{cause}; restore it, "
-            "or use a new --workdir"
-        )
+        raise ConfigError(f"config: {path} is damaged: not the JSON object a run writes{cause}; "
+                          "restore it, or use a new --workdir")
     return saved
 
 
@@ -164,25 +162,18 @@ class MetricWriter:
                 os.replace(self.path + ".tmp", self.path)
         if phase in self._boards:
             self._boards.pop(phase).close()
-        self._boards[phase] = SummaryWriter(
-            os.path.join(self._tensorboard_dir, phase), purge_step=step + 1
-        )
+        self._boards[phase] = SummaryWriter(os.path.join(self._tensorboard_dir, phase),
+                                            purge_step=step + 1)
 
     def write(self, phase: str, split: str, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         scalars = {k: float(v) for k, v in scalars.items()}
         record = {"phase": phase, "split": split, "step": int(step), "time": time.time(), **scalars}
+        record = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+                  for k, v in record.items()}
         with open(self.path, "a") as f:
-            f.write(
-                json.dumps(
-                    {
-                        k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
-                        for k, v in record.items()
-                    }
-                )
-                + "\n"
-            )
+            f.write(json.dumps(record) + "\n")
         if phase not in self._boards:
             self._boards[phase] = SummaryWriter(os.path.join(self._tensorboard_dir, phase))
         board = self._boards[phase]
@@ -218,15 +209,8 @@ class Progress:
     """A tqdm bar over a phase's steps showing steps/s and the last logged loss."""
 
     def __init__(self, phase: str, total: int, initial: int):
-        self._bar = tqdm.tqdm(
-            total=total,
-            initial=initial,
-            desc=phase,
-            unit="step",
-            disable=not _is_writer(),
-            dynamic_ncols=True,
-            mininterval=1.0,
-        )
+        self._bar = tqdm.tqdm(total=total, initial=initial, desc=phase, unit="step",
+                              disable=not _is_writer(), dynamic_ncols=True, mininterval=1.0)
 
     def update(self, n: int = 1, loss: float | None = None) -> None:
         if loss is not None:

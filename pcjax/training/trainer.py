@@ -68,9 +68,8 @@ def teacher_phase(ctx: Context) -> Model:
     if not spec.trains_teacher:
         # A teacher made elsewhere (e.g. converted from PyTorch) is scored before distillation,
         # so a wrong conversion or preprocessing shows now rather than after the student phase.
-        pred = evaluation.predict(
-            ctx.jit_forward(teacher.forward), teacher.variables, ctx.eval_batches(spec.eval_split)
-        )
+        pred = evaluation.predict(ctx.jit_forward(teacher.forward), teacher.variables,
+                                  ctx.eval_batches(spec.eval_split))
         if jax.process_index() == 0:
             print(f"teacher {spec.teacher.model} from {export}: {spec.eval_split} top-1 "
                   f"{100 * evaluation.top1(pred):.2f}%", flush=True)
@@ -157,13 +156,8 @@ def _holds_a_checkpoint(workdir: str) -> bool:
     return False
 
 
-def run(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    mesh: jax.sharding.Mesh | None = None,
-    extend: bool = False,
-) -> dict[str, float]:
+def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.sharding.Mesh | None = None,
+        extend: bool = False) -> dict[str, float]:
     """Resolves the config, trains (or loads) the teacher, distills the student, evaluates.
 
     Writes into `workdir`: config.json (the resolved config), metrics.jsonl, tensorboard/,
