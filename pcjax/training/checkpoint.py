@@ -237,21 +237,18 @@ class Checkpointer:
                 continue
             for bad_step, bad in failures:
                 damaged = set_aside(os.path.join(self.directory, str(bad_step)))
-                log.warning(
-                    "checkpoint step %d in %s does not restore (%s); moved it to %s and resumed "
-                    "from step %d",
-                    bad_step, self.directory, describe(bad), damaged, step,
-                )
+                log.warning("checkpoint step %d in %s does not restore (%s); moved it to %s and "
+                            "resumed from step %d", bad_step, self.directory, describe(bad),
+                            damaged, step)
             if failures:
                 self._manager.reload()
             return state
         if not failures:
             return None
         step, error = failures[0]
-        raise CheckpointError(
-            f"no checkpoint in {self.directory} restores (step {step}: {describe(error)}); "
-            f"delete {self.directory} to start this phase over"
-        ) from error
+        raise CheckpointError(f"no checkpoint in {self.directory} restores (step {step}: "
+                              f"{describe(error)}); delete {self.directory} to start this phase "
+                              "over") from error
 
     def wait(self) -> None:
         """Blocks until every pending save is on disk."""

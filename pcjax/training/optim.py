@@ -95,10 +95,8 @@ def make_optimizer(phase: ml_collections.ConfigDict,
     opt = phase.optimizer
     lr = make_schedule(phase.schedule, opt.learning_rate, steps)
     if opt.name == "sgd":
-        tx = optax.chain(
-            optax.add_decayed_weights(opt.weight_decay),
-            optax.sgd(lr, momentum=opt.momentum or None, nesterov=opt.nesterov),
-        )
+        tx = optax.chain(optax.add_decayed_weights(opt.weight_decay),
+                         optax.sgd(lr, momentum=opt.momentum or None, nesterov=opt.nesterov))
     elif opt.name == "adamw":
         tx = optax.adamw(lr, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
     else:

@@ -105,10 +105,9 @@ def check_resume(saved: dict, spec: RunSpec, *, workdir: str, extend: bool = Fal
     if changed:
         only_lengths = all(_matches(c.split(":")[0], LENGTH_KEYS) for c in changed)
         hint = " (or pass --extend to train on to the new phase length)" if only_lengths else ""
-        raise ConfigError(
-            f"config: the workdir {workdir} holds a run with another config "
-            f"({'; '.join(changed)}); resuming it would mix two runs. Use a new --workdir{hint}."
-        )
+        raise ConfigError(f"config: the workdir {workdir} holds a run with another config "
+                          f"({'; '.join(changed)}); resuming it would mix two runs. Use a new "
+                          f"--workdir{hint}.")
     if extend:
         problems = _ended_or_shortened(saved, spec, ended or {})
         if problems:

@@ -46,12 +46,10 @@ def maybe_initialize_distributed(enabled: bool, *, heartbeat_timeout_seconds: in
     if heartbeat_timeout_seconds <= 0:
         raise ValueError("heartbeat_timeout_seconds (config.heartbeat_timeout_seconds): expected "
                          f"a positive number of seconds, got {heartbeat_timeout_seconds}")
-    jax.distributed.initialize(
-        coordinator_address=address,
-        num_processes=_env_int("JAX_NUM_PROCESSES"),
-        process_id=_env_int("JAX_PROCESS_ID"),
-        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
-    )
+    jax.distributed.initialize(coordinator_address=address,
+                               num_processes=_env_int("JAX_NUM_PROCESSES"),
+                               process_id=_env_int("JAX_PROCESS_ID"),
+                               heartbeat_timeout_seconds=heartbeat_timeout_seconds)
     open_collectives()
     return True
 

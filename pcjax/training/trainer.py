@@ -1,10 +1,9 @@
-"""The training job: teacher phase, student (distillation) phase, evaluation.
+"""The training job (`run`): teacher phase, student (distillation) phase, evaluation.
 
-`run` resolves the config once (`pcjax.training.spec.resolve`: every check, before any work) and
-checks the workdir (`pcjax.training.resume`), then runs `teacher_phase`, `student_phase` and
-`evaluate` on the resolved `RunSpec`. What a phase trains comes from `pcjax.training.build`, the
-loop that trains it (resume, divergence stop, preemption) from `pcjax.training.loop`, the summary
-and results.json from `pcjax.training.report`.
+The config is resolved (every check, before any work) by `pcjax.training.spec`, the workdir
+checked by `pcjax.training.resume`. What a phase trains comes from `pcjax.training.build`, the loop
+that trains it (resume, divergence stop, preemption) from `pcjax.training.loop`, the summary and
+results.json from `pcjax.training.report`.
 """
 
 from __future__ import annotations
@@ -96,7 +95,7 @@ def _load_export(ctx: Context, export: str, target):
                 "config.teacher.checkpoint at another export"
             ) from error
         checkpoints = os.path.join(ctx.workdir, TEACHER, "checkpoints")
-        if not os.path.isdir(checkpoints) or not any(n.isdigit() for n in os.listdir(checkpoints)):
+        if not _has_steps(checkpoints):
             raise checkpoint.CheckpointError(
                 f"{problem} and there are no teacher checkpoints to rebuild it from; delete "
                 f"{export} to train the teacher again"
@@ -145,15 +144,15 @@ def _phases_ended(spec: RunSpec, workdir: str) -> dict[str, bool]:
             STUDENT: os.path.exists(os.path.join(workdir, "results.json"))}
 
 
+def _has_steps(directory: str) -> bool:
+    """Whether `directory` (a phase's checkpoints) holds a step."""
+    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
 def _holds_a_checkpoint(workdir: str) -> bool:
     """Whether `workdir` holds anything a rerun would continue: a teacher export or a step."""
-    if checkpoint.model_exists(os.path.join(workdir, TEACHER, "model")):
-        return True
-    for phase in (TEACHER, STUDENT):
-        directory = os.path.join(workdir, phase, "checkpoints")
-        if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
-            return True
-    return False
+    return checkpoint.model_exists(os.path.join(workdir, TEACHER, "model")) or any(
+        _has_steps(os.path.join(workdir, phase, "checkpoints")) for phase in (TEACHER, STUDENT))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.sharding.Mesh | None = None,

@@ -92,10 +92,9 @@ class WorkdirLock:
         if holder:
             self.__exit__()
             pid = f"process {holder}" if holder > 0 else "another process"
-            raise WorkdirBusyError(
-                f"the workdir {self.workdir} is in use ({pid} holds {LOCK_FILE}); wait for "
-                "that run to end or use another --workdir"
-            )
+            raise WorkdirBusyError(f"the workdir {self.workdir} is in use ({pid} holds "
+                                   f"{LOCK_FILE}); wait for that run to end or use another "
+                                   "--workdir")
         return self
 
     def __exit__(self, *exc):
