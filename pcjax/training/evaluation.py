@@ -109,11 +109,9 @@ def evaluate(
     for split in splits:
         fit, test = preds[probe_split], preds[split]
         args = (fit["features"], fit["label"], test["features"], test["label"])
-        scores[split] = {
-            "top1": top1(test),
-            "linear_probe": float(_linear_probe(*args, num_classes=num_classes)),
-            "knn": float(_knn(*args, k=knn_k, num_classes=num_classes)),
-        }
+        scores[split] = {"top1": top1(test),
+                         "linear_probe": float(_linear_probe(*args, num_classes=num_classes)),
+                         "knn": float(_knn(*args, k=knn_k, num_classes=num_classes))}
         if teacher is not None and split in teacher:
             pair = (test["features"], teacher[split]["features"])
             scores[split].update(

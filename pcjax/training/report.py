@@ -32,10 +32,8 @@ def summary_table(config: ml_collections.ConfigDict, results: dict[str, float]) 
     widths = [max(len(r[i]) for r in rows) for i in range(len(titles))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
-    note = ""
-    if config.distill.protocol == "class_unaware":
-        note = ("\n(class_unaware: the student's classifier head is not trained, so no top-1;"
-                " judge it by probe/kNN.)")
+    note = ("\n(class_unaware: the student's classifier head is not trained, so no top-1; judge it "
+            "by probe/kNN.)" if config.distill.protocol == "class_unaware" else "")
     return head + "\n" + "\n".join(lines) + note
 
 

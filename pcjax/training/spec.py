@@ -94,6 +94,11 @@ def _number(key: str, value, *, lower=None, upper=None, integer=False, closed=Tr
         fail(key, f"must be {what}{bound}, got {value!r}")
 
 
+def _one_of(key: str, what: str, value, choices: tuple) -> None:
+    if value not in choices:
+        fail(key, f"unknown {what} {value!r}; expected one of {choices}")
+
+
 def _batch_size(key: str, value, num_devices: int) -> None:
     _number(key, value, lower=1, integer=True)
     if value % num_devices:
@@ -110,9 +115,7 @@ def _check_phase(prefix: str, phase: ml_collections.ConfigDict, num_devices: int
         _number(f"{prefix}.{key}", phase[key], lower=1, integer=True)
     _number(f"{prefix}.eval_every", phase.eval_every, lower=0, integer=True)
     opt, sched = phase.optimizer, phase.schedule
-    if opt.name not in optim.OPTIMIZERS:
-        fail(f"{prefix}.optimizer.name",
-             f"unknown optimizer {opt.name!r}; expected one of {optim.OPTIMIZERS}")
+    _one_of(f"{prefix}.optimizer.name", "optimizer", opt.name, optim.OPTIMIZERS)
     _number(f"{prefix}.optimizer.learning_rate", opt.learning_rate, lower=0, closed=False)
     _number(f"{prefix}.optimizer.weight_decay", opt.weight_decay, lower=0)
     _number(f"{prefix}.optimizer.momentum", opt.momentum, lower=0, upper=1)
@@ -121,9 +124,7 @@ def _check_phase(prefix: str, phase: ml_collections.ConfigDict, num_devices: int
     for key in ("b1", "b2"):
         _number(f"{prefix}.optimizer.{key}", opt[key], lower=0, upper=1)
     _number(f"{prefix}.optimizer.grad_clip_norm", opt.grad_clip_norm, lower=0)
-    if sched.name not in optim.SCHEDULES:
-        fail(f"{prefix}.schedule.name",
-             f"unknown schedule {sched.name!r}; expected one of {optim.SCHEDULES}")
+    _one_of(f"{prefix}.schedule.name", "schedule", sched.name, optim.SCHEDULES)
     _number(f"{prefix}.schedule.warmup_steps", sched.warmup_steps, lower=0, integer=True)
     _number(f"{prefix}.schedule.warmup_epochs", sched.warmup_epochs, lower=0)
     for key in ("decay_steps", "decay_epochs"):
@@ -161,8 +162,7 @@ def _loss(config) -> tuple[transfer.TransferLoss, dict]:
 
 def _weights(config, loss: transfer.TransferLoss) -> dict[str, float]:
     d = config.distill
-    if d.protocol not in PROTOCOLS:
-        fail("distill.protocol", f"unknown protocol {d.protocol!r}; expected one of {PROTOCOLS}")
+    _one_of("distill.protocol", "protocol", d.protocol, PROTOCOLS)
     for key in ("beta", "alpha", "gamma"):
         if d[key] is not None:
             _number(f"distill.{key}", d[key], lower=0)

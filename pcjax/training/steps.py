@@ -100,11 +100,9 @@ def make_distill_step(
         s_out = student(batch["image"], train=True)
         transfer_loss, loss_state = transfer.apply(
             student.heads, state.loss_state, pick(s_out), pick(t_out), batch, state.step)
-        terms = {
-            "ce": cross_entropy(s_out.logits, batch["label"]),
-            "kd": kd(s_out.logits, t_out.logits, temperature=kd_temperature),
-            "transfer": transfer_loss,
-        }
+        terms = {"ce": cross_entropy(s_out.logits, batch["label"]),
+                 "kd": kd(s_out.logits, t_out.logits, temperature=kd_temperature),
+                 "transfer": transfer_loss}
         total = sum(weights[k] * terms[k] for k in terms if weights[k])
         return total, terms, s_out.logits, jax.lax.stop_gradient(loss_state)
 

@@ -38,11 +38,9 @@ def _eval_fn(ctx: Context, phase: build.Phase, teacher: Model | None):
         if teacher_test is None:
             teacher_test = evaluation.predict(ctx.jit_forward(teacher.forward), teacher.variables,
                                               ctx.eval_batches(spec.eval_split))
-        return {
-            "top1": evaluation.top1(pred),
-            "pc_score": evaluation.coherence(pred, teacher_test, chunk_size=spec.pc_chunk_size,
-                                             **spec.pc_dissimilarities),
-        }
+        return {"top1": evaluation.top1(pred),
+                "pc_score": evaluation.coherence(pred, teacher_test, chunk_size=spec.pc_chunk_size,
+                                                 **spec.pc_dissimilarities)}
 
     return eval_fn
 
