@@ -25,8 +25,8 @@ from pcjax.training.state import TrainState, merge, split
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy (nats) of (B, C) logits and (B,) integer labels, in float32."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                           labels).mean()
+    logits = logits.astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def _train(graphdef, tx, schedule, objective: Callable) -> Callable:
