@@ -8,9 +8,8 @@ tests::
     step = build.jit_step(teacher.step, spec.mesh)     # step(state, batch, None), under the mesh
     student = build.student_phase(spec, build.Model(teacher.graphdef, variables))
 
-Sections: models (teacher; student with the transfer loss's heads); phases (optimizer and
-schedule, train state, step); jit. A stateful loss's state (CRD's memory) is replicated over the
-mesh like the params (see `pcjax.losses.transfer`).
+A stateful loss's state (CRD's memory) is replicated over the mesh like the params (see
+`pcjax.losses.transfer`).
 """
 
 from __future__ import annotations

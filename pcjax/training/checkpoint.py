@@ -131,10 +131,8 @@ def verify(tree, expected: dict[str, str], where: str) -> None:
     actual = digest(tree)
     bad = [key for key, value in actual.items() if expected.get(key) != value]
     if bad:
-        raise CorruptCheckpointError(
-            f"{where}: {len(bad)} of {len(actual)} arrays differ from the digest saved with them "
-            f"(first: {bad[0]})"
-        )
+        raise CorruptCheckpointError(f"{where}: {len(bad)} of {len(actual)} arrays differ from "
+                                     f"the digest saved with them (first: {bad[0]})")
 
 
 def _all_processes_agree(ok: bool) -> bool:
@@ -166,12 +164,8 @@ def _read(path: str, target):
     if not os.path.isdir(os.path.join(path, DIGEST)):
         raise CorruptCheckpointError(f"{path} has no digest of its arrays")
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as reader:
-        restored = reader.restore(
-            path,
-            args=ocp.args.Composite(
-                **{ARRAYS: ocp.args.StandardRestore(target), DIGEST: ocp.args.JsonRestore()}
-            ),
-        )
+        restored = reader.restore(path, args=ocp.args.Composite(
+            **{ARRAYS: ocp.args.StandardRestore(target), DIGEST: ocp.args.JsonRestore()}))
     verify(restored[ARRAYS], restored[DIGEST], path)
     return restored[ARRAYS]
 
@@ -190,9 +184,8 @@ def _read_everywhere(path: str, target):
 
 
 def _composite(tree) -> ocp.args.Composite:
-    return ocp.args.Composite(
-        **{ARRAYS: ocp.args.StandardSave(tree), DIGEST: ocp.args.JsonSave(digest(tree))}
-    )
+    return ocp.args.Composite(**{ARRAYS: ocp.args.StandardSave(tree),
+                                 DIGEST: ocp.args.JsonSave(digest(tree))})
 
 
 class Checkpointer:
@@ -205,12 +198,8 @@ class Checkpointer:
 
     def __init__(self, directory: str, *, max_to_keep: int):
         self.directory = os.path.abspath(directory)
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
-            ),
-        )
+        self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True))
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
@@ -248,21 +237,18 @@ class Checkpointer:
                 continue
             for bad_step, bad in failures:
                 damaged = set_aside(os.path.join(self.directory, str(bad_step)))
-                log.warning(
-                    "checkpoint step %d in %s does not restore (%s); moved it to %s and resumed "
-                    "from step %d",
-                    bad_step, self.directory, describe(bad), damaged, step,
-                )
+                log.warning("checkpoint step %d in %s does not restore (%s); moved it to %s and "
+                            "resumed from step %d", bad_step, self.directory, describe(bad),
+                            damaged, step)
             if failures:
                 self._manager.reload()
             return state
         if not failures:
             return None
         step, error = failures[0]
-        raise CheckpointError(
-            f"no checkpoint in {self.directory} restores (step {step}: {describe(error)}); "
-            f"delete {self.directory} to start this phase over"
-        ) from error
+        raise CheckpointError(f"no checkpoint in {self.directory} restores (step {step}: "
+                              f"{describe(error)}); delete {self.directory} to start this phase "
+                              "over") from error
 
     def wait(self) -> None:
         """Blocks until every pending save is on disk."""

@@ -64,37 +64,14 @@ def fail(key: str, message: str):
 
 def phase_config(**overrides) -> ml_collections.ConfigDict:
     """A training phase with RepDistiller-like SGD defaults; keyword arguments override fields."""
-    phase = ml_collections.ConfigDict(
-        dict(
-            batch_size=64,
-            num_steps=0,
-            num_epochs=240.0,
-            augment=True,
-            log_every=100,
-            checkpoint_every=1000,
-            keep_checkpoints=2,
-            eval_every=0,
-            optimizer=dict(
-                name="sgd",
-                learning_rate=0.05,
-                momentum=0.9,
-                nesterov=False,
-                weight_decay=5e-4,
-                b1=0.9,
-                b2=0.999,
-                grad_clip_norm=0.0,
-            ),
-            schedule=dict(
-                name="piecewise",
-                warmup_steps=0,
-                warmup_epochs=0.0,
-                decay_steps=(),
-                decay_epochs=(150, 180, 210),
-                decay_factor=0.1,
-                end_factor=0.0,
-            ),
-        )
-    )
+    phase = ml_collections.ConfigDict(dict(
+        batch_size=64, num_steps=0, num_epochs=240.0, augment=True, log_every=100,
+        checkpoint_every=1000, keep_checkpoints=2, eval_every=0,
+        optimizer=dict(name="sgd", learning_rate=0.05, momentum=0.9, nesterov=False,
+                       weight_decay=5e-4, b1=0.9, b2=0.999, grad_clip_norm=0.0),
+        schedule=dict(name="piecewise", warmup_steps=0, warmup_epochs=0.0, decay_steps=(),
+                      decay_epochs=(150, 180, 210), decay_factor=0.1, end_factor=0.0),
+    ))
     for key, value in overrides.items():
         if isinstance(value, dict):
             phase[key].update(value)
@@ -105,31 +82,17 @@ def phase_config(**overrides) -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
     """Every key of the schema with its default (configs/*.py override what differs)."""
-    return ml_collections.ConfigDict(
-        dict(
-            name="run",
-            seed=0,
-            dataset="digits",
-            data_dir="",
-            train_split="train",
-            eval_split="test",
-            distributed=False,
-            heartbeat_timeout_seconds=60,
-            num_devices=0,
-            teacher=dict(model="digits_cnn", checkpoint="", train=phase_config()),
-            student=dict(model="digits_student", train=phase_config()),
-            distill=dict(
-                protocol="class_unaware",
-                loss="perception_coherence",
-                loss_kwargs=ml_collections.ConfigDict(),
-                beta=config_dict.placeholder(float),
-                alpha=0.0,
-                gamma=1.0,
-                kd_temperature=4.0,
-            ),
-            eval=dict(batch_size=256, knn_k=5, probe_train_split="", pc_chunk_size=0),
-        )
-    )
+    return ml_collections.ConfigDict(dict(
+        name="run", seed=0, dataset="digits", data_dir="", train_split="train",
+        eval_split="test", distributed=False, heartbeat_timeout_seconds=60, num_devices=0,
+        teacher=dict(model="digits_cnn", checkpoint="", train=phase_config()),
+        student=dict(model="digits_student", train=phase_config()),
+        distill=dict(protocol="class_unaware", loss="perception_coherence",
+                     loss_kwargs=ml_collections.ConfigDict(),
+                     beta=config_dict.placeholder(float), alpha=0.0, gamma=1.0,
+                     kd_temperature=4.0),
+        eval=dict(batch_size=256, knn_k=5, probe_train_split="", pc_chunk_size=0),
+    ))
 
 
 # Keys whose value is a dict of any keys (the loss's options), not part of the schema.

@@ -20,10 +20,8 @@ from pcjax.training import sharding
 # same feature shapes (teacher and student evaluations, a resumed run in the same process).
 _linear_probe = jax.jit(metrics.linear_probe_accuracy, static_argnames=("num_classes",))
 _knn = jax.jit(metrics.knn_accuracy, static_argnames=("k", "num_classes"))
-_pc_score = jax.jit(
-    metrics.pc_score,
-    static_argnames=("student_dissimilarity", "teacher_dissimilarity", "chunk_size"),
-)
+_pc_score = jax.jit(metrics.pc_score, static_argnames=("student_dissimilarity",
+                                                       "teacher_dissimilarity", "chunk_size"))
 _cka = jax.jit(metrics.linear_cka)
 _recall = jax.jit(metrics.neighbourhood_recall, static_argnames=("k", "chunk_size"))
 # The neighbourhood the recall looks at: each point's 10 nearest teacher neighbours.
@@ -43,14 +41,8 @@ def predict(forward: Callable, variables, batches: Generator[dict]) -> dict[str,
     with contextlib.closing(batches):
         for batch in batches:
             out = forward(variables, batch["image"])
-            host = sharding.to_host(
-                {
-                    "features": out.features,
-                    "logits": out.logits,
-                    "label": batch["label"],
-                    "mask": batch["mask"],
-                }
-            )
+            host = sharding.to_host({"features": out.features, "logits": out.logits,
+                                     "label": batch["label"], "mask": batch["mask"]})
             keep = host["mask"].astype(bool)
             for key in chunks:
                 chunks[key].append(host[key][keep])
@@ -62,39 +54,23 @@ def top1(pred: dict[str, np.ndarray]) -> float:
     return float(metrics.accuracy(pred["logits"], pred["label"]))
 
 
-def coherence(
-    student: dict[str, np.ndarray],
-    teacher: dict[str, np.ndarray],
-    *,
-    chunk_size: int,
-    student_dissimilarity: str = "euclidean",
-    teacher_dissimilarity: str = "euclidean",
-) -> float:
+def coherence(student: dict[str, np.ndarray], teacher: dict[str, np.ndarray], *, chunk_size: int,
+              student_dissimilarity: str = "euclidean",
+              teacher_dissimilarity: str = "euclidean") -> float:
     """`pc_score` of student vs teacher features over the same examples, in [-1, 1].
 
     `chunk_size` references at a time (0: the pc_score default).
     """
-    return float(
-        _pc_score(
-            student["features"],
-            teacher["features"],
-            student_dissimilarity=student_dissimilarity,
-            teacher_dissimilarity=teacher_dissimilarity,
-            chunk_size=chunk_size or None,
-        )
-    )
+    return float(_pc_score(student["features"], teacher["features"],
+                           student_dissimilarity=student_dissimilarity,
+                           teacher_dissimilarity=teacher_dissimilarity,
+                           chunk_size=chunk_size or None))
 
 
 def evaluate(
-    predict: Callable[[str], dict[str, np.ndarray]],
-    splits: Sequence[str],
-    *,
-    probe_split: str,
-    knn_k: int,
-    num_classes: int,
-    teacher: Mapping[str, dict[str, np.ndarray]] | None = None,
-    chunk_size: int = 0,
-    dissimilarities: Mapping[str, str] | None = None,
+    predict: Callable[[str], dict[str, np.ndarray]], splits: Sequence[str], *, probe_split: str,
+    knn_k: int, num_classes: int, teacher: Mapping[str, dict[str, np.ndarray]] | None = None,
+    chunk_size: int = 0, dissimilarities: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, np.ndarray]]]:
     """Scores of one frozen model on each of `splits`, as train.py's final evaluation makes them.
 
@@ -105,8 +81,7 @@ def evaluate(
       probe_split: the split the linear probe (`metrics.linear_probe_accuracy`: L2-regularized
         multinomial logistic regression on standardized features) and kNN
         (`metrics.knn_accuracy`, `knn_k` neighbours) are fitted on.
-      knn_k: the kNN's number of neighbours.
-      num_classes: the number of classes of the labels.
+      knn_k, num_classes: the kNN's number of neighbours; the number of classes of the labels.
       teacher: the teacher's `predict` results by split; a split found there also gets pc_score,
         "cka" (`metrics.linear_cka` of the features) and "neighbourhood_recall"
         (`metrics.neighbourhood_recall` with k = `RECALL_K`): two scores of how much of the
@@ -134,11 +109,9 @@ def evaluate(
     for split in splits:
         fit, test = preds[probe_split], preds[split]
         args = (fit["features"], fit["label"], test["features"], test["label"])
-        scores[split] = {
-            "top1": top1(test),
-            "linear_probe": float(_linear_probe(*args, num_classes=num_classes)),
-            "knn": float(_knn(*args, k=knn_k, num_classes=num_classes)),
-        }
+        scores[split] = {"top1": top1(test),
+                         "linear_probe": float(_linear_probe(*args, num_classes=num_classes)),
+                         "knn": float(_knn(*args, k=knn_k, num_classes=num_classes))}
         if teacher is not None and split in teacher:
             pair = (test["features"], teacher[split]["features"])
             scores[split].update(

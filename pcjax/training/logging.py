@@ -25,9 +25,6 @@ from tensorboardX import SummaryWriter
 
 from pcjax.training.config import ConfigError
 
-_TRUE = ("1", "true", "yes")
-
-
 def tracebacks_requested() -> bool:
     """Whether the environment variable PCJAX_TRACEBACK asks for full tracebacks ("1", "true" or
     "yes", any case; "0", "false", "no" and empty mean no).
@@ -42,7 +39,7 @@ def tracebacks_requested() -> bool:
         True
         >>> del os.environ["PCJAX_TRACEBACK"]
     """
-    return os.environ.get("PCJAX_TRACEBACK", "").strip().lower() in _TRUE
+    return os.environ.get("PCJAX_TRACEBACK", "").strip().lower() in ("1", "true", "yes")
 
 
 class _OwnRecords(logging.Filter):
@@ -84,10 +81,6 @@ def quiet_library_output() -> None:
     sys.unraisablehook = lambda unraisable: None
 
 
-def _is_writer() -> bool:
-    return jax.process_index() == 0
-
-
 def saved_config(workdir: str) -> dict | None:
     """The config.json a previous run wrote into `workdir`, or None for a new workdir.
 
@@ -104,10 +97,8 @@ def saved_config(workdir: str) -> dict | None:
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError.
         cause = f" ({str(error).splitlines()[0]})"
     if not isinstance(saved, dict):
-        raise ConfigError(
-            f"config: {path} is damaged: not the JSON object a run writes{cause}; restore it, "
-            "or use a new --workdir"
-        )
+        raise ConfigError(f"config: {path} is damaged: not the JSON object a run writes{cause}; "
+                          "restore it, or use a new --workdir")
     return saved
 
 
@@ -120,7 +111,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     path = os.path.join(workdir, "config.json")
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("pcjax config.json read")
-    if _is_writer():
+    if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(path, "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
@@ -137,7 +128,7 @@ class MetricWriter:
     """
 
     def __init__(self, workdir: str):
-        self.enabled = _is_writer()
+        self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tensorboard_dir = os.path.join(workdir, "tensorboard")
         self._boards: dict[str, SummaryWriter] = {}
@@ -164,25 +155,18 @@ class MetricWriter:
                 os.replace(self.path + ".tmp", self.path)
         if phase in self._boards:
             self._boards.pop(phase).close()
-        self._boards[phase] = SummaryWriter(
-            os.path.join(self._tensorboard_dir, phase), purge_step=step + 1
-        )
+        self._boards[phase] = SummaryWriter(os.path.join(self._tensorboard_dir, phase),
+                                            purge_step=step + 1)
 
     def write(self, phase: str, split: str, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
         scalars = {k: float(v) for k, v in scalars.items()}
         record = {"phase": phase, "split": split, "step": int(step), "time": time.time(), **scalars}
+        record = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+                  for k, v in record.items()}
         with open(self.path, "a") as f:
-            f.write(
-                json.dumps(
-                    {
-                        k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
-                        for k, v in record.items()
-                    }
-                )
-                + "\n"
-            )
+            f.write(json.dumps(record) + "\n")
         if phase not in self._boards:
             self._boards[phase] = SummaryWriter(os.path.join(self._tensorboard_dir, phase))
         board = self._boards[phase]
@@ -218,15 +202,8 @@ class Progress:
     """A tqdm bar over a phase's steps showing steps/s and the last logged loss."""
 
     def __init__(self, phase: str, total: int, initial: int):
-        self._bar = tqdm.tqdm(
-            total=total,
-            initial=initial,
-            desc=phase,
-            unit="step",
-            disable=not _is_writer(),
-            dynamic_ncols=True,
-            mininterval=1.0,
-        )
+        self._bar = tqdm.tqdm(total=total, initial=initial, desc=phase, unit="step",
+                              disable=jax.process_index() != 0, dynamic_ncols=True, mininterval=1.0)
 
     def update(self, n: int = 1, loss: float | None = None) -> None:
         if loss is not None:

@@ -55,11 +55,9 @@ class Context:
         return self.spec.mesh
 
     def eval_batches(self, split: str):
-        return data.eval_batches(
-            self.spec.dataset.name, split, data_dir=self.spec.data_dir,
-            global_batch_size=self.spec.eval_batch_size,
-            sharding=sharding.batch_sharded(self.mesh),
-        )
+        return data.eval_batches(self.spec.dataset.name, split, data_dir=self.spec.data_dir,
+                                 global_batch_size=self.spec.eval_batch_size,
+                                 sharding=sharding.batch_sharded(self.mesh))
 
     def jit_forward(self, forward: Callable) -> Callable:
         return build.jit_forward(forward, self.mesh)
@@ -90,9 +88,8 @@ def _all_finite(params) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
 
 
-def run_phase(
-    ctx: Context, phase: build.Phase, eval_fn: Callable | None = None
-) -> state_lib.TrainState:
+def run_phase(ctx: Context, phase: build.Phase,
+              eval_fn: Callable | None = None) -> state_lib.TrainState:
     """Trains ``phase.state`` to ``phase.spec.steps.total``, resuming from the latest checkpoint.
 
     Checkpoints go to ``<workdir>/<phase.spec.name>/checkpoints``; ``eval_fn(state) -> metrics``
@@ -100,9 +97,8 @@ def run_phase(
     """
     name, cfg, total = phase.spec.name, phase.spec.train, phase.spec.steps.total
     train_step = build.jit_step(phase.step, ctx.mesh)
-    ckpt = checkpoint.Checkpointer(
-        os.path.join(ctx.workdir, name, "checkpoints"), max_to_keep=cfg.keep_checkpoints
-    )
+    ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, name, "checkpoints"),
+                                   max_to_keep=cfg.keep_checkpoints)
     state = phase.state
     restored = ckpt.restore_latest(checkpoint.abstract_like(state, sharding.replicated(ctx.mesh)))
     if restored is not None:
@@ -113,9 +109,7 @@ def run_phase(
     batches = data.train_batches(
         run.dataset.name, data_dir=run.data_dir, split=run.train_split,
         global_batch_size=cfg.batch_size, seed=phase.spec.seed, start_step=start,
-        sharding=sharding.batch_sharded(ctx.mesh),
-        augment=cfg.augment,
-    )
+        sharding=sharding.batch_sharded(ctx.mesh), augment=cfg.augment)
     progress = log_lib.Progress(name, total, start)
     pending = []
     context = contextlib.ExitStack()

@@ -36,15 +36,8 @@ class PhaseSteps:
 
 
 def resolve_steps(phase: ml_collections.ConfigDict, num_train_examples: int) -> PhaseSteps:
-    """Converts a phase's epochs/steps settings to step counts.
-
-    Args:
-        phase: a phase config (`batch_size`, `num_steps` or `num_epochs`, `schedule`).
-        num_train_examples: size of the train split the phase reads.
-
-    Returns:
-        The phase's `PhaseSteps`.
-    """
+    """The `PhaseSteps` of `phase` (a phase config: `batch_size`, `num_steps` or `num_epochs`,
+    `schedule`) on a train split of `num_train_examples`."""
     steps_per_epoch = max(1, num_train_examples // phase.batch_size)
     if phase.num_steps > 0:
         total = int(phase.num_steps)
@@ -59,9 +52,8 @@ def resolve_steps(phase: ml_collections.ConfigDict, num_train_examples: int) -> 
     return PhaseSteps(total, warmup, boundaries, steps_per_epoch)
 
 
-def make_schedule(
-    schedule: ml_collections.ConfigDict, base_lr: float, steps: PhaseSteps
-) -> optax.Schedule:
+def make_schedule(schedule: ml_collections.ConfigDict, base_lr: float,
+                  steps: PhaseSteps) -> optax.Schedule:
     """Learning rate as a function of the step count.
 
     - ``constant``: ``base_lr``.
@@ -73,36 +65,25 @@ def make_schedule(
     """
     if schedule.name == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=base_lr,
-            warmup_steps=steps.warmup,
-            decay_steps=max(steps.total, steps.warmup + 1),
-            end_value=base_lr * schedule.end_factor,
-        )
+            init_value=0.0, peak_value=base_lr, warmup_steps=steps.warmup,
+            decay_steps=max(steps.total, steps.warmup + 1), end_value=base_lr * schedule.end_factor)
     if schedule.name == "piecewise":
-        main = optax.piecewise_constant_schedule(
-            base_lr,
-            {
-                b - steps.warmup: schedule.decay_factor
-                for b in steps.decay_boundaries
-                if b > steps.warmup
-            },
-        )
+        factors = {b - steps.warmup: schedule.decay_factor
+                   for b in steps.decay_boundaries if b > steps.warmup}
+        main = optax.piecewise_constant_schedule(base_lr, factors)
     elif schedule.name == "constant":
         main = optax.constant_schedule(base_lr)
     else:
-        raise ValueError(
-            f"schedule.name: unknown schedule {schedule.name!r}; expected one of {SCHEDULES}"
-        )
+        raise ValueError(f"schedule.name: unknown schedule {schedule.name!r}; "
+                         f"expected one of {SCHEDULES}")
     if steps.warmup == 0:
         return main
     warm = optax.linear_schedule(0.0, base_lr, steps.warmup)
     return optax.join_schedules([warm, main], [steps.warmup])
 
 
-def make_optimizer(
-    phase: ml_collections.ConfigDict, steps: PhaseSteps
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(phase: ml_collections.ConfigDict,
+                   steps: PhaseSteps) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The phase's optax optimizer and its learning-rate schedule.
 
     ``sgd`` follows PyTorch's SGD (which RepDistiller uses): the weight decay is added to the
@@ -114,16 +95,13 @@ def make_optimizer(
     opt = phase.optimizer
     lr = make_schedule(phase.schedule, opt.learning_rate, steps)
     if opt.name == "sgd":
-        tx = optax.chain(
-            optax.add_decayed_weights(opt.weight_decay),
-            optax.sgd(lr, momentum=opt.momentum or None, nesterov=opt.nesterov),
-        )
+        tx = optax.chain(optax.add_decayed_weights(opt.weight_decay),
+                         optax.sgd(lr, momentum=opt.momentum or None, nesterov=opt.nesterov))
     elif opt.name == "adamw":
         tx = optax.adamw(lr, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
     else:
-        raise ValueError(
-            f"optimizer.name: unknown optimizer {opt.name!r}; expected one of {OPTIMIZERS}"
-        )
+        raise ValueError(f"optimizer.name: unknown optimizer {opt.name!r}; "
+                         f"expected one of {OPTIMIZERS}")
     if opt.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
     return tx, lr

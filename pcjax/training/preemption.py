@@ -58,10 +58,8 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         self.signum = signum
         self.exit_code = 128 + signum
-        self.reason = (
-            "interrupted" if signum == signal.SIGINT
-            else f"terminated by {signal.Signals(signum).name}"
-        )
+        self.reason = ("interrupted" if signum == signal.SIGINT
+                       else f"terminated by {signal.Signals(signum).name}")
         super().__init__(self.reason)
 
 
@@ -183,8 +181,6 @@ class PreemptionWatch:
     def error(self, phase: str, step: int, directory: str) -> Preempted:
         """The exception that ends a run stopped at `step`, naming the checkpoint."""
         signum = self.signum or signal.SIGTERM
-        return Preempted(
-            f"{phase}: stopped by {signal.Signals(signum).name} after saving the checkpoint of "
-            f"step {step} in {directory}; rerun the same command to resume",
-            signum,
-        )
+        return Preempted(f"{phase}: stopped by {signal.Signals(signum).name} after saving the "
+                         f"checkpoint of step {step} in {directory}; rerun the same command to "
+                         "resume", signum)

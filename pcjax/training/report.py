@@ -14,10 +14,8 @@ from pcjax.training.spec import STUDENT, TEACHER
 def summary_table(config: ml_collections.ConfigDict, results: dict[str, float]) -> str:
     """The printed summary: one row per model, accuracies in %; the student's pc_score in [-1, 1]
     (the ranks its loss trains on), CKA in [0, 1] and recall@10 in % (what it does not train on)."""
-    head = (
-        f"{config.dataset}: {config.teacher.model} -> {config.student.model}, loss "
-        f"{config.distill.loss}, protocol {config.distill.protocol}"
-    )
+    head = (f"{config.dataset}: {config.teacher.model} -> {config.student.model}, loss "
+            f"{config.distill.loss}, protocol {config.distill.protocol}")
     cols = ("top1", "linear_probe", "knn", "pc_score", "cka", "neighbourhood_recall")
     titles = ("model", "top-1 %", "linear probe %", f"kNN (k={config.eval.knn_k}) %", "pc_score",
               "CKA", "recall@10 %")
@@ -34,12 +32,8 @@ def summary_table(config: ml_collections.ConfigDict, results: dict[str, float]) 
     widths = [max(len(r[i]) for r in rows) for i in range(len(titles))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
-    note = ""
-    if config.distill.protocol == "class_unaware":
-        note = (
-            "\n(class_unaware: the student's classifier head is not trained, so no top-1;"
-            " judge it by probe/kNN.)"
-        )
+    note = ("\n(class_unaware: the student's classifier head is not trained, so no top-1; judge it "
+            "by probe/kNN.)" if config.distill.protocol == "class_unaware" else "")
     return head + "\n" + "\n".join(lines) + note
 
 

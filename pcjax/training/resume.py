@@ -20,19 +20,9 @@ from pcjax.training import optim
 from pcjax.training.config import ConfigError
 from pcjax.training.spec import RunSpec
 
-MAY_DIFFER = (
-    "name",
-    "data_dir",
-    "distributed",
-    "heartbeat_timeout_seconds",
-    "num_devices",
-    "eval_split",
-    "eval.*",
-    "*.train.log_every",
-    "*.train.eval_every",
-    "*.train.checkpoint_every",
-    "*.train.keep_checkpoints",
-)
+MAY_DIFFER = ("name", "data_dir", "distributed", "heartbeat_timeout_seconds", "num_devices",
+              "eval_split", "eval.*", "*.train.log_every", "*.train.eval_every",
+              "*.train.checkpoint_every", "*.train.keep_checkpoints")
 LENGTH_KEYS = ("*.train.num_steps", "*.train.num_epochs")
 _MISSING = "(absent)"
 
@@ -115,13 +105,11 @@ def check_resume(saved: dict, spec: RunSpec, *, workdir: str, extend: bool = Fal
     if changed:
         only_lengths = all(_matches(c.split(":")[0], LENGTH_KEYS) for c in changed)
         hint = " (or pass --extend to train on to the new phase length)" if only_lengths else ""
-        raise ConfigError(
-            f"config: the workdir {workdir} holds a run with another config "
-            f"({'; '.join(changed)}); resuming it would mix two runs. Use a new --workdir{hint}."
-        )
+        raise ConfigError(f"config: the workdir {workdir} holds a run with another config "
+                          f"({'; '.join(changed)}); resuming it would mix two runs. Use a new "
+                          f"--workdir{hint}.")
     if extend:
         problems = _ended_or_shortened(saved, spec, ended or {})
         if problems:
             raise ConfigError(f"--extend: only extends a phase that has not ended "
                               f"({'; '.join(problems)}). Use a new --workdir.")
-

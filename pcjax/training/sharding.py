@@ -44,16 +44,12 @@ def maybe_initialize_distributed(enabled: bool, *, heartbeat_timeout_seconds: in
     if not (enabled or address):
         return False
     if heartbeat_timeout_seconds <= 0:
-        raise ValueError(
-            "heartbeat_timeout_seconds (config.heartbeat_timeout_seconds): expected a positive "
-            f"number of seconds, got {heartbeat_timeout_seconds}"
-        )
-    jax.distributed.initialize(
-        coordinator_address=address,
-        num_processes=_env_int("JAX_NUM_PROCESSES"),
-        process_id=_env_int("JAX_PROCESS_ID"),
-        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
-    )
+        raise ValueError("heartbeat_timeout_seconds (config.heartbeat_timeout_seconds): expected "
+                         f"a positive number of seconds, got {heartbeat_timeout_seconds}")
+    jax.distributed.initialize(coordinator_address=address,
+                               num_processes=_env_int("JAX_NUM_PROCESSES"),
+                               process_id=_env_int("JAX_PROCESS_ID"),
+                               heartbeat_timeout_seconds=heartbeat_timeout_seconds)
     open_collectives()
     return True
 
@@ -90,13 +86,11 @@ def make_mesh(num_devices: int = 0, devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     if num_devices:
         if num_devices > len(devices):
-            raise ValueError(
-                f"num_devices: asked for {num_devices} devices, only {len(devices)} exist"
-            )
+            raise ValueError(f"num_devices: asked for {num_devices} devices, "
+                             f"only {len(devices)} exist")
         devices = devices[:num_devices]
-    return jax.make_mesh(
-        (len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices
-    )
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                         devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -94,11 +94,19 @@ def _number(key: str, value, *, lower=None, upper=None, integer=False, closed=Tr
         fail(key, f"must be {what}{bound}, got {value!r}")
 
 
+def _one_of(key: str, what: str, value, choices: tuple) -> None:
+    if value not in choices:
+        fail(key, f"unknown {what} {value!r}; expected one of {choices}")
+
+
+def _batch_size(key: str, value, num_devices: int) -> None:
+    _number(key, value, lower=1, integer=True)
+    if value % num_devices:
+        fail(key, f"{value} does not split evenly over the {num_devices} devices of the data mesh")
+
+
 def _check_phase(prefix: str, phase: ml_collections.ConfigDict, num_devices: int) -> None:
-    _number(f"{prefix}.batch_size", phase.batch_size, lower=1, integer=True)
-    if phase.batch_size % num_devices:
-        fail(f"{prefix}.batch_size", f"{phase.batch_size} does not split evenly over the "
-             f"{num_devices} devices of the data mesh")
+    _batch_size(f"{prefix}.batch_size", phase.batch_size, num_devices)
     _number(f"{prefix}.num_steps", phase.num_steps, lower=0, integer=True)
     _number(f"{prefix}.num_epochs", phase.num_epochs, lower=0)
     if phase.num_steps == 0 and phase.num_epochs == 0:
@@ -107,9 +115,7 @@ def _check_phase(prefix: str, phase: ml_collections.ConfigDict, num_devices: int
         _number(f"{prefix}.{key}", phase[key], lower=1, integer=True)
     _number(f"{prefix}.eval_every", phase.eval_every, lower=0, integer=True)
     opt, sched = phase.optimizer, phase.schedule
-    if opt.name not in optim.OPTIMIZERS:
-        fail(f"{prefix}.optimizer.name",
-             f"unknown optimizer {opt.name!r}; expected one of {optim.OPTIMIZERS}")
+    _one_of(f"{prefix}.optimizer.name", "optimizer", opt.name, optim.OPTIMIZERS)
     _number(f"{prefix}.optimizer.learning_rate", opt.learning_rate, lower=0, closed=False)
     _number(f"{prefix}.optimizer.weight_decay", opt.weight_decay, lower=0)
     _number(f"{prefix}.optimizer.momentum", opt.momentum, lower=0, upper=1)
@@ -118,9 +124,7 @@ def _check_phase(prefix: str, phase: ml_collections.ConfigDict, num_devices: int
     for key in ("b1", "b2"):
         _number(f"{prefix}.optimizer.{key}", opt[key], lower=0, upper=1)
     _number(f"{prefix}.optimizer.grad_clip_norm", opt.grad_clip_norm, lower=0)
-    if sched.name not in optim.SCHEDULES:
-        fail(f"{prefix}.schedule.name",
-             f"unknown schedule {sched.name!r}; expected one of {optim.SCHEDULES}")
+    _one_of(f"{prefix}.schedule.name", "schedule", sched.name, optim.SCHEDULES)
     _number(f"{prefix}.schedule.warmup_steps", sched.warmup_steps, lower=0, integer=True)
     _number(f"{prefix}.schedule.warmup_epochs", sched.warmup_epochs, lower=0)
     for key in ("decay_steps", "decay_epochs"):
@@ -158,8 +162,7 @@ def _loss(config) -> tuple[transfer.TransferLoss, dict]:
 
 def _weights(config, loss: transfer.TransferLoss) -> dict[str, float]:
     d = config.distill
-    if d.protocol not in PROTOCOLS:
-        fail("distill.protocol", f"unknown protocol {d.protocol!r}; expected one of {PROTOCOLS}")
+    _one_of("distill.protocol", "protocol", d.protocol, PROTOCOLS)
     for key in ("beta", "alpha", "gamma"):
         if d[key] is not None:
             _number(f"distill.{key}", d[key], lower=0)
@@ -201,10 +204,7 @@ def resolve(config: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
     mesh = mesh or sharding.make_mesh(config.num_devices)
     for role in (TEACHER, STUDENT):
         _check_phase(f"{role}.train", config[role].train, mesh.size)
-    _number("eval.batch_size", config.eval.batch_size, lower=1, integer=True)
-    if config.eval.batch_size % mesh.size:
-        fail("eval.batch_size", f"{config.eval.batch_size} does not split evenly over the "
-             f"{mesh.size} devices of the data mesh")
+    _batch_size("eval.batch_size", config.eval.batch_size, mesh.size)
     _number("eval.knn_k", config.eval.knn_k, lower=1, integer=True)
     _number("eval.pc_chunk_size", config.eval.pc_chunk_size, lower=0, integer=True)
     checkpoint = config.teacher.checkpoint
@@ -239,27 +239,16 @@ def resolve(config: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
 
     pc_keys = ("student_dissimilarity", "teacher_dissimilarity")
     return RunSpec(
-        config=ml_collections.FrozenConfigDict(resolved),
-        mesh=mesh,
-        dataset=dataset,
-        data_dir=config.data_dir,
-        train_split=config.train_split,
-        eval_split=config.eval_split,
-        probe_split=probe_split,
-        num_train_examples=num_train_examples,
+        config=ml_collections.FrozenConfigDict(resolved), mesh=mesh, dataset=dataset,
+        data_dir=config.data_dir, train_split=config.train_split, eval_split=config.eval_split,
+        probe_split=probe_split, num_train_examples=num_train_examples,
         # Seeds as the trainer has always drawn them: the teacher's init and batch order from
         # the run seed, the student's from seed + 1, its heads from seed + 2, the loss's from + 3.
-        teacher=phase(TEACHER, config.seed),
-        student=phase(STUDENT, config.seed + 1),
-        teacher_checkpoint=checkpoint,
-        protocol=config.distill.protocol,
-        loss=loss,
-        loss_options=types.MappingProxyType(options),
-        weights=types.MappingProxyType(weights),
-        kd_temperature=float(config.distill.kd_temperature),
-        loss_seed=config.seed + 3,
-        eval_batch_size=config.eval.batch_size,
-        knn_k=config.eval.knn_k,
+        teacher=phase(TEACHER, config.seed), student=phase(STUDENT, config.seed + 1),
+        teacher_checkpoint=checkpoint, protocol=config.distill.protocol, loss=loss,
+        loss_options=types.MappingProxyType(options), weights=types.MappingProxyType(weights),
+        kd_temperature=float(config.distill.kd_temperature), loss_seed=config.seed + 3,
+        eval_batch_size=config.eval.batch_size, knn_k=config.eval.knn_k,
         pc_chunk_size=config.eval.pc_chunk_size,
         # pc_score ranks with the perception coherence loss's dissimilarities when it is trained.
         pc_dissimilarities=types.MappingProxyType(

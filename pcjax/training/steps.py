@@ -25,9 +25,8 @@ from pcjax.training.state import TrainState, merge, split
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy (nats) of (B, C) logits and (B,) integer labels, in float32."""
-    return optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), labels
-    ).mean()
+    logits = logits.astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def _train(graphdef, tx, schedule, objective: Callable) -> Callable:
@@ -45,20 +44,16 @@ def _train(graphdef, tx, schedule, objective: Callable) -> Callable:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates),
                                model_state, opt_state, loss_state)
-        return new_state, {
-            "loss": loss,
-            **terms,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-            "grad_norm": optax.global_norm(grads),
-            "learning_rate": schedule(state.step),
-        }
+        return new_state, {"loss": loss, **terms,
+                           "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+                           "grad_norm": optax.global_norm(grads),
+                           "learning_rate": schedule(state.step)}
 
     return step
 
 
-def make_supervised_step(
-    graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule
-) -> Callable:
+def make_supervised_step(graphdef, tx: optax.GradientTransformation,
+                         schedule: optax.Schedule) -> Callable:
     """``step(state, batch, teacher) -> (state, metrics)``: one optimizer step on the cross-entropy
     of the labels (`teacher`: None).
 
@@ -75,15 +70,8 @@ def make_supervised_step(
 
 
 def make_distill_step(
-    graphdef,
-    teacher_graphdef,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    *,
-    transfer: Bound,
-    inputs: str,
-    weights: dict[str, float],
-    kd_temperature: float,
+    graphdef, teacher_graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
+    transfer: Bound, inputs: str, weights: dict[str, float], kd_temperature: float,
 ) -> Callable:
     """``step(state, batch, teacher) -> (state, metrics)``: one optimizer step of distillation.
 
@@ -112,11 +100,9 @@ def make_distill_step(
         s_out = student(batch["image"], train=True)
         transfer_loss, loss_state = transfer.apply(
             student.heads, state.loss_state, pick(s_out), pick(t_out), batch, state.step)
-        terms = {
-            "ce": cross_entropy(s_out.logits, batch["label"]),
-            "kd": kd(s_out.logits, t_out.logits, temperature=kd_temperature),
-            "transfer": transfer_loss,
-        }
+        terms = {"ce": cross_entropy(s_out.logits, batch["label"]),
+                 "kd": kd(s_out.logits, t_out.logits, temperature=kd_temperature),
+                 "transfer": transfer_loss}
         total = sum(weights[k] * terms[k] for k in terms if weights[k])
         return total, terms, s_out.logits, jax.lax.stop_gradient(loss_state)
 

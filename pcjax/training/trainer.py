@@ -1,10 +1,9 @@
-"""The training job: teacher phase, student (distillation) phase, evaluation.
+"""The training job (`run`): teacher phase, student (distillation) phase, evaluation.
 
-`run` resolves the config once (`pcjax.training.spec.resolve`: every check, before any work) and
-checks the workdir (`pcjax.training.resume`), then runs `teacher_phase`, `student_phase` and
-`evaluate` on the resolved `RunSpec`. What a phase trains comes from `pcjax.training.build`, the
-loop that trains it (resume, divergence stop, preemption) from `pcjax.training.loop`, the summary
-and results.json from `pcjax.training.report`.
+The config is resolved (every check, before any work) by `pcjax.training.spec`, the workdir
+checked by `pcjax.training.resume`. What a phase trains comes from `pcjax.training.build`, the loop
+that trains it (resume, divergence stop, preemption) from `pcjax.training.loop`, the summary and
+results.json from `pcjax.training.report`.
 """
 
 from __future__ import annotations
@@ -39,11 +38,9 @@ def _eval_fn(ctx: Context, phase: build.Phase, teacher: Model | None):
         if teacher_test is None:
             teacher_test = evaluation.predict(ctx.jit_forward(teacher.forward), teacher.variables,
                                               ctx.eval_batches(spec.eval_split))
-        return {
-            "top1": evaluation.top1(pred),
-            "pc_score": evaluation.coherence(pred, teacher_test, chunk_size=spec.pc_chunk_size,
-                                             **spec.pc_dissimilarities),
-        }
+        return {"top1": evaluation.top1(pred),
+                "pc_score": evaluation.coherence(pred, teacher_test, chunk_size=spec.pc_chunk_size,
+                                                 **spec.pc_dissimilarities)}
 
     return eval_fn
 
@@ -68,9 +65,8 @@ def teacher_phase(ctx: Context) -> Model:
     if not spec.trains_teacher:
         # A teacher made elsewhere (e.g. converted from PyTorch) is scored before distillation,
         # so a wrong conversion or preprocessing shows now rather than after the student phase.
-        pred = evaluation.predict(
-            ctx.jit_forward(teacher.forward), teacher.variables, ctx.eval_batches(spec.eval_split)
-        )
+        pred = evaluation.predict(ctx.jit_forward(teacher.forward), teacher.variables,
+                                  ctx.eval_batches(spec.eval_split))
         if jax.process_index() == 0:
             print(f"teacher {spec.teacher.model} from {export}: {spec.eval_split} top-1 "
                   f"{100 * evaluation.top1(pred):.2f}%", flush=True)
@@ -97,7 +93,7 @@ def _load_export(ctx: Context, export: str, target):
                 "config.teacher.checkpoint at another export"
             ) from error
         checkpoints = os.path.join(ctx.workdir, TEACHER, "checkpoints")
-        if not os.path.isdir(checkpoints) or not any(n.isdigit() for n in os.listdir(checkpoints)):
+        if not _has_steps(checkpoints):
             raise checkpoint.CheckpointError(
                 f"{problem} and there are no teacher checkpoints to rebuild it from; delete "
                 f"{export} to train the teacher again"
@@ -146,24 +142,19 @@ def _phases_ended(spec: RunSpec, workdir: str) -> dict[str, bool]:
             STUDENT: os.path.exists(os.path.join(workdir, "results.json"))}
 
 
+def _has_steps(directory: str) -> bool:
+    """Whether `directory` (a phase's checkpoints) holds a step."""
+    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
 def _holds_a_checkpoint(workdir: str) -> bool:
     """Whether `workdir` holds anything a rerun would continue: a teacher export or a step."""
-    if checkpoint.model_exists(os.path.join(workdir, TEACHER, "model")):
-        return True
-    for phase in (TEACHER, STUDENT):
-        directory = os.path.join(workdir, phase, "checkpoints")
-        if os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)):
-            return True
-    return False
+    return checkpoint.model_exists(os.path.join(workdir, TEACHER, "model")) or any(
+        _has_steps(os.path.join(workdir, phase, "checkpoints")) for phase in (TEACHER, STUDENT))
 
 
-def run(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    mesh: jax.sharding.Mesh | None = None,
-    extend: bool = False,
-) -> dict[str, float]:
+def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.sharding.Mesh | None = None,
+        extend: bool = False) -> dict[str, float]:
     """Resolves the config, trains (or loads) the teacher, distills the student, evaluates.
 
     Writes into `workdir`: config.json (the resolved config), metrics.jsonl, tensorboard/,

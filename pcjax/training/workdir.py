@@ -32,12 +32,6 @@ class WorkdirBusyError(ConfigError):
     """Another run holds the workdir; the message names its process id."""
 
 
-def _holder(f) -> str:
-    f.seek(0)
-    pid = f.read().strip()
-    return pid if pid.isdigit() else "unknown"
-
-
 class WorkdirLock:
     """A context manager holding the lock of `workdir` (created if missing).
 
@@ -76,7 +70,8 @@ class WorkdirLock:
             if error.errno not in (errno.EAGAIN, errno.EACCES):
                 f.close()
                 raise
-            holder = _holder(f)
+            f.seek(0)
+            holder = f.read().strip()
             f.close()
             return int(holder) if holder.isdigit() else -1
         f.truncate(0)
@@ -92,10 +87,9 @@ class WorkdirLock:
         if holder:
             self.__exit__()
             pid = f"process {holder}" if holder > 0 else "another process"
-            raise WorkdirBusyError(
-                f"the workdir {self.workdir} is in use ({pid} holds {LOCK_FILE}); wait for "
-                "that run to end or use another --workdir"
-            )
+            raise WorkdirBusyError(f"the workdir {self.workdir} is in use ({pid} holds "
+                                   f"{LOCK_FILE}); wait for that run to end or use another "
+                                   "--workdir")
         return self
 
     def __exit__(self, *exc):
