@@ -7,12 +7,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-
 _REGULARIZATIONS = ("l2", "kl")
 _DIRECTIONS = ("ascending", "descending")
-
-
-# ----------------------------------------------------------------------------- validation
 
 
 def _check_values(values) -> jax.Array:

@@ -99,8 +99,7 @@ def _extension_merges(x, prefix, is_start, blocks: _Blocks, violated, kind, reg,
     if leftward:
         first_failure = jax.ops.segment_max(
             jnp.where(failed, boundary, -1).reshape(-1), segment_ids.reshape(-1),
-            num_segments=r * n,
-            indices_are_sorted=True,
+            num_segments=r * n, indices_are_sorted=True,
         )[segment_ids]
         merge = candidate & (boundary > first_failure)
     else:
