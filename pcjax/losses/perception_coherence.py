@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from pcjax.dissimilarity import (
-    Dissimilarity, check_dissimilarity, max_exponent, pairwise_dissimilarity,
+    Dissimilarity, _compute_dtype, check_dissimilarity, max_exponent, pairwise_dissimilarity,
 )
 from pcjax.losses._checks import check_pair
 from pcjax.ranking import _check_options, rank, soft_rank
@@ -59,11 +59,6 @@ def _check_min_batch(batch: int) -> None:
             f"student_features must hold at least {MIN_VALID} samples to rank, got a batch of "
             f"{batch}."
         )
-
-
-def _result_dtype(student_features, teacher_features):
-    """float32 for float32 and narrower features; float64 when either is float64 (with x64)."""
-    return jnp.promote_types(jnp.result_type(student_features, teacher_features), jnp.float32)
 
 
 def _compared_set(ref_index, valid_all):
@@ -330,7 +325,7 @@ def perception_coherence_loss(
     batch = student_features.shape[0]
     if axis_name is None:
         _check_min_batch(batch)
-    dtype = _result_dtype(student_features, teacher_features)
+    dtype = _compute_dtype(student_features, teacher_features)
 
     valid = jnp.ones((batch,), bool) if mask is None else jnp.asarray(mask, bool)
     # Padded rows may hold anything: zero them so no NaN/inf reaches a value or a gradient.
@@ -426,7 +421,7 @@ def pc_score(
     )
     num = student_features.shape[0]
     _check_min_batch(num)
-    dtype = _result_dtype(student_features, teacher_features)
+    dtype = _compute_dtype(student_features, teacher_features)
     valid = jnp.ones((num,), bool) if mask is None else jnp.asarray(mask, bool)
     # Padded rows may hold anything (NaN included): only the valid rows are read.
     student = jnp.where(valid[:, None], student_features, 0)

@@ -160,11 +160,7 @@ def rank(values, *, direction: str = "ascending") -> jax.Array:
       >>> print(rank(jnp.array([10, 30, 20]), direction="descending"))
       [3. 1. 2.]
     """
-    values = jnp.asarray(values)
-    if values.ndim == 0:
-        raise ValueError(
-            "values must have at least one dimension (the last axis is ranked); got a 0-d array."
-        )
+    values = _check_values(values, floating=False)
     _check_direction(direction)
     out_dtype = values.dtype if jnp.issubdtype(values.dtype, jnp.floating) else jnp.float32
     n = values.shape[-1]
