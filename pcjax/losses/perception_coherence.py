@@ -5,10 +5,9 @@ Lightweight Models via Perception Coherence", arXiv:2505.06595.
 
 Excluded entries (the reference itself and masked samples) stay in the arrays, so shapes are
 static, but are moved past every compared entry (C_i, see perception_coherence_loss) before
-ranking: a hard rank or a soft rank of an
-entry depends only on the entries below it and its own (for the soft rank, as long as the gap to
-the excluded block is wide enough; see ``_excluded_gap``), so the ranks of the compared entries
-are exactly their ranks within C_i.
+ranking: a hard rank or a soft rank of an entry depends only on the entries below it and its own
+(for the soft rank, as long as the gap to the excluded block is wide enough; see
+``_excluded_gap``), so the ranks of the compared entries are exactly their ranks within C_i.
 """
 
 import math
@@ -276,8 +275,7 @@ def perception_coherence_loss(
       student_features: (B, Ds) student features (any float dtype; ranks are float32).
       teacher_features: (B, Dt) teacher features; no gradient flows to them.
       student_dissimilarity, teacher_dissimilarity: ``"euclidean"``, ``"sqeuclidean"``,
-        ``"cosine"`` or a callable ``d(u, v)`` (see
-        ``pcjax.dissimilarity.pairwise_dissimilarity``).
+        ``"cosine"`` or a callable ``d(u, v)`` (see ``pcjax.dissimilarity.pairwise_dissimilarity``).
       regularization_strength: eps > 0 of the soft rank, in rank units (see above).
       regularization: ``"l2"`` or ``"kl"`` (the soft rank's regularizer).
       objective: ``"mse"`` or ``"spearman"``.
