@@ -1,8 +1,7 @@
 """Evaluation metrics: top-1 accuracy, frozen-feature probes, and student-teacher similarity.
 
-Every function is pure JAX and deterministic, takes optional masks for padded evaluation batches
-(True marks a real example) and returns a float32 scalar (float64 for float64 features where
-noted). How a run uses them: docs/evaluation.md.
+Pure JAX and deterministic; each takes optional masks (True marks a real example) for padded
+evaluation batches. How a run uses them: docs/evaluation.md.
 """
 
 import jax

@@ -24,10 +24,6 @@ embedding against the TEACHER bank, the teacher-anchor term the teacher embeddin
 STUDENT bank. Z (Z_s, Z_t) is set once, by the first call (while the state's Z is negative), to
 mean(exp(<w, v> / T)) * N over that batch's B x (K + 1) scores, then kept; it carries no gradient.
 
-Negatives. Class-aware (RepDistiller's default "exact" mode): K examples of other classes per
-sample, which needs the labels. Class-unaware protocol (no labels): K uniform draws from all N,
-ContrastMemory's own sampler. See `sample_contrast_indices`.
-
 Loss (ContrastLoss, the NCE objective of the paper's eq. 18), with Pn = 1 / N and m = K:
 
     L(P) = -1/B sum_b [ log(P_b0 / (P_b0 + m Pn + eps)) + sum_k>0 log(m Pn / (P_bk + m Pn + eps)) ]
