@@ -38,22 +38,9 @@ def __getattr__(name):
     module = importlib.import_module(module_name)
     return module if attribute is None else getattr(module, attribute)
 
+
 __all__ = [
-    "DatasetNotFoundError",
-    "DatasetSpec",
-    "ModelOutput",
-    "accuracy",
-    "data",
-    "knn_accuracy",
-    "linear_probe_accuracy",
-    "losses",
-    "metrics",
-    "models",
-    "pairwise_dissimilarity",
-    "pc_score",
-    "perception_coherence_loss",
-    "rank",
-    "soft_rank",
-    "soft_sort",
-    "training",
+    "DatasetNotFoundError", "DatasetSpec", "ModelOutput", "accuracy", "data", "knn_accuracy",
+    "linear_probe_accuracy", "losses", "metrics", "models", "pairwise_dissimilarity", "pc_score",
+    "perception_coherence_loss", "rank", "soft_rank", "soft_sort", "training",
 ]

@@ -105,17 +105,15 @@ def check_dissimilarity(kind: Dissimilarity, argument: str) -> None:
       ...
       ValueError: kind must be one of ('euclidean', 'sqeuclidean', 'cosine') or a callable ...
     """
-    if callable(kind):
-        return
-    if kind not in DISSIMILARITIES:
+    if not callable(kind) and kind not in DISSIMILARITIES:
         raise ValueError(
-                f"{argument} must be one of {DISSIMILARITIES} or a callable d(u, v) -> scalar, "
-                f"got {kind!r}."
+            f"{argument} must be one of {DISSIMILARITIES} or a callable d(u, v) -> scalar, "
+            f"got {kind!r}."
         )
 
 
 def pairwise_dissimilarity(
-        x: jax.Array, y: jax.Array | None = None, kind: Dissimilarity = "euclidean"
+    x: jax.Array, y: jax.Array | None = None, kind: Dissimilarity = "euclidean"
 ) -> jax.Array:
     """All pairwise dissimilarities between the rows of ``x`` and the rows of ``y``.
 
@@ -158,16 +156,13 @@ def pairwise_dissimilarity(
             raise ValueError(f"{name} must have shape (batch, features), got shape {value.shape}.")
     if y_given and x.shape[1] != y.shape[1]:
         raise ValueError(
-                f"x and y must have the same feature size, got x {x.shape} and y {y.shape}."
+            f"x and y must have the same feature size, got x {x.shape} and y {y.shape}."
         )
     dtype = _compute_dtype(x, y)
-    x = x.astype(dtype)
-    y = y.astype(dtype)
+    x, y = x.astype(dtype), y.astype(dtype)
     if callable(kind):
         return jax.vmap(lambda u: jax.vmap(lambda v: kind(u, v))(y))(x).astype(dtype)
     if kind == "cosine":
         return 1.0 - l2_normalize(x) @ l2_normalize(y).T
     squared = _squared_euclidean(x, y)
-    if kind == "sqeuclidean":
-        return squared
-    return _safe_sqrt(squared)
+    return squared if kind == "sqeuclidean" else _safe_sqrt(squared)

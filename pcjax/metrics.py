@@ -1,8 +1,7 @@
 """Evaluation metrics: top-1 accuracy, frozen-feature probes, and student-teacher similarity.
 
-Every function is pure JAX and deterministic, takes optional masks for padded evaluation batches
-(True marks a real example) and returns a float32 scalar (float64 for float64 features where
-noted). How a run uses them: docs/evaluation.md.
+Pure JAX and deterministic; each takes optional masks (True marks a real example) for padded
+evaluation batches. How a run uses them: docs/evaluation.md.
 """
 
 import jax
@@ -12,7 +11,7 @@ import optax
 
 from pcjax.dissimilarity import l2_normalize, max_exponent, pairwise_dissimilarity
 from pcjax.losses._checks import check_pair
-from pcjax.losses.perception_coherence import pc_score
+from pcjax.losses.perception_coherence import _mean_over_references, pc_score
 
 __all__ = [
     "accuracy", "knn_accuracy", "linear_cka", "linear_probe_accuracy", "neighbourhood_recall",
@@ -97,18 +96,10 @@ def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
 
 
 def knn_accuracy(
-    train_features: jax.Array,
-    train_labels: jax.Array,
-    test_features: jax.Array,
-    test_labels: jax.Array,
-    *,
-    k: int = 20,
-    num_classes: int | None = None,
-    vote: str = "weighted",
-    temperature: float = 0.07,
-    train_mask: jax.Array | None = None,
-    test_mask: jax.Array | None = None,
-    chunk_size: int = 1024,
+    train_features: jax.Array, train_labels: jax.Array, test_features: jax.Array,
+    test_labels: jax.Array, *, k: int = 20, num_classes: int | None = None,
+    vote: str = "weighted", temperature: float = 0.07, train_mask: jax.Array | None = None,
+    test_mask: jax.Array | None = None, chunk_size: int = 1024,
 ) -> jax.Array:
     """k-nearest-neighbour classification accuracy of frozen features, by cosine similarity.
 
@@ -182,16 +173,9 @@ def knn_accuracy(
 
 
 def linear_probe_accuracy(
-    train_features: jax.Array,
-    train_labels: jax.Array,
-    test_features: jax.Array,
-    test_labels: jax.Array,
-    *,
-    num_classes: int | None = None,
-    l2: float = 1e-4,
-    steps: int = 200,
-    train_mask: jax.Array | None = None,
-    test_mask: jax.Array | None = None,
+    train_features: jax.Array, train_labels: jax.Array, test_features: jax.Array,
+    test_labels: jax.Array, *, num_classes: int | None = None, l2: float = 1e-4,
+    steps: int = 200, train_mask: jax.Array | None = None, test_mask: jax.Array | None = None,
 ) -> jax.Array:
     """Test accuracy of a multinomial logistic regression trained on frozen features.
 
@@ -331,11 +315,7 @@ def linear_cka(x: jax.Array, y: jax.Array, *, mask: jax.Array | None = None) -> 
 
 
 def neighbourhood_recall(
-    student: jax.Array,
-    teacher: jax.Array,
-    *,
-    k: int = 10,
-    mask: jax.Array | None = None,
+    student: jax.Array, teacher: jax.Array, *, k: int = 10, mask: jax.Array | None = None,
     chunk_size: int | None = None,
 ) -> jax.Array:
     """Teacher-neighbourhood recall: how many of each point's teacher neighbours the student keeps.
@@ -379,11 +359,6 @@ def neighbourhood_recall(
         student, teacher, mask, "student", "teacher"
     )
     num = student.shape[0]
-    chunk = min(num, 512 if chunk_size is None else chunk_size)
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
-    num_chunks = -(-num // chunk)
-    ref_indices = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
     width = max(1, min(k, num - 1))  # A static top_k size; rows use their own k_i <= width.
 
     def chunk_sums(ref_index):
@@ -404,9 +379,4 @@ def neighbourhood_recall(
         recall = hits / jnp.maximum(k_row[:, 0], 1)
         return jnp.sum(jnp.where(counted, recall, 0.0)), jnp.sum(counted)
 
-    totals, counts = jax.lax.map(chunk_sums, ref_indices)
-    count = jnp.sum(counts)
-    defined = finite & (count > 0)
-    return jnp.where(defined, jnp.sum(totals) / jnp.maximum(count, 1), jnp.nan).astype(
-        student.dtype
-    )
+    return _mean_over_references(chunk_sums, num, chunk_size, finite, student.dtype)

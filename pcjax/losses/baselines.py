@@ -112,10 +112,7 @@ def _rkd_angles(x: jax.Array) -> jax.Array:
 
 
 def rkd(
-    student_features: jax.Array,
-    teacher_features: jax.Array,
-    *,
-    distance_weight: float = 25.0,
+    student_features: jax.Array, teacher_features: jax.Array, *, distance_weight: float = 25.0,
     angle_weight: float = 50.0,
 ) -> jax.Array:
     """Relational knowledge distillation (Park, Kim, Lu, Cho, CVPR 2019, arXiv:1904.05068).
@@ -183,8 +180,7 @@ def pkt(
         similarity = (unit @ unit.T + 1.0) / 2.0
         return similarity / jnp.sum(similarity, axis=-1, keepdims=True)
 
-    p_student = probabilities(student)
-    p_teacher = probabilities(teacher)
+    p_student, p_teacher = probabilities(student), probabilities(teacher)
     return jnp.mean(p_teacher * jnp.log((p_teacher + eps) / (p_student + eps)))
 
 

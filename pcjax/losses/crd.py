@@ -24,10 +24,6 @@ embedding against the TEACHER bank, the teacher-anchor term the teacher embeddin
 STUDENT bank. Z (Z_s, Z_t) is set once, by the first call (while the state's Z is negative), to
 mean(exp(<w, v> / T)) * N over that batch's B x (K + 1) scores, then kept; it carries no gradient.
 
-Negatives. Class-aware (RepDistiller's default "exact" mode): K examples of other classes per
-sample, which needs the labels. Class-unaware protocol (no labels): K uniform draws from all N,
-ContrastMemory's own sampler. See `sample_contrast_indices`.
-
 Loss (ContrastLoss, the NCE objective of the paper's eq. 18), with Pn = 1 / N and m = K:
 
     L(P) = -1/B sum_b [ log(P_b0 / (P_b0 + m Pn + eps)) + sum_k>0 log(m Pn / (P_bk + m Pn + eps)) ]
@@ -128,13 +124,8 @@ def class_index(labels, num_classes: int | None = None) -> ClassIndex:
 
 
 def sample_contrast_indices(
-    key: jax.Array,
-    index: jax.Array,
-    *,
-    nce_k: int,
-    num_examples: int,
-    label: jax.Array | None = None,
-    classes: ClassIndex | None = None,
+    key: jax.Array, index: jax.Array, *, nce_k: int, num_examples: int,
+    label: jax.Array | None = None, classes: ClassIndex | None = None,
 ) -> jax.Array:
     """Each sample's K + 1 bank rows: column 0 its own index (the positive), then K negatives.
 
@@ -180,14 +171,8 @@ def sample_contrast_indices(
     return jnp.concatenate([index.astype(jnp.int32)[:, None], negatives], axis=1)
 
 
-def crd_loss(
-    state: CRDState,
-    emb_s: jax.Array,
-    emb_t: jax.Array,
-    contrast_idx: jax.Array,
-    *,
-    nce_t: float = 0.07,
-) -> tuple[jax.Array, CRDState]:
+def crd_loss(state: CRDState, emb_s: jax.Array, emb_t: jax.Array, contrast_idx: jax.Array, *,
+             nce_t: float = 0.07) -> tuple[jax.Array, CRDState]:
     """CRD's loss (student-anchor + teacher-anchor NCE terms) and the state with Z set.
 
     Args:
@@ -236,14 +221,8 @@ def _nce(p: jax.Array, num_examples: int) -> jax.Array:
     return -(jnp.sum(log_d1) + jnp.sum(log_d0)) / p.shape[0]
 
 
-def update_banks(
-    state: CRDState,
-    emb_s: jax.Array,
-    emb_t: jax.Array,
-    index: jax.Array,
-    *,
-    momentum: float = 0.5,
-) -> CRDState:
+def update_banks(state: CRDState, emb_s: jax.Array, emb_t: jax.Array, index: jax.Array, *,
+                 momentum: float = 0.5) -> CRDState:
     """Writes the batch into the banks: row = l2normalize(momentum * row + (1 - momentum) * emb).
 
     Each new row is computed from the bank before this call. When an index occurs more than once

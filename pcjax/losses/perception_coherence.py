@@ -3,17 +3,11 @@
 Nguyen, Gamboa, Zhang, Chhaibi, Gratton, Giaccone, "Feature Representation Transferring to
 Lightweight Models via Perception Coherence", arXiv:2505.06595.
 
-Every valid sample i of the batch is a reference; its compared set C_i is every other valid
-sample (n_i = |C_i|). The teacher rank of j seen from i is the hard rank of D_T[i, j] within
-{D_T[i, k] : k in C_i} (ties averaged) divided by n_i; the student rank is the soft rank
-(Blondel et al., ICML 2020, arXiv:2002.08871) of the row-normalized D_S[i, j] divided by n_i.
-Both are probabilistic ranks in (0, 1].
-
 Excluded entries (the reference itself and masked samples) stay in the arrays, so shapes are
-static, but are moved past every compared entry before ranking: a hard rank or a soft rank of an
-entry depends only on the entries below it and its own (for the soft rank, as long as the gap to
-the excluded block is wide enough; see ``_excluded_gap``), so the ranks of the compared entries
-are exactly their ranks within C_i.
+static, but are moved past every compared entry (C_i, see perception_coherence_loss) before
+ranking: a hard rank or a soft rank of an entry depends only on the entries below it and its own
+(for the soft rank, as long as the gap to the excluded block is wide enough; see
+``_excluded_gap``), so the ranks of the compared entries are exactly their ranks within C_i.
 """
 
 import math
@@ -23,7 +17,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from pcjax.dissimilarity import (
-    Dissimilarity, check_dissimilarity, max_exponent, pairwise_dissimilarity,
+    Dissimilarity, _compute_dtype, check_dissimilarity, max_exponent, pairwise_dissimilarity,
 )
 from pcjax.losses._checks import check_pair
 from pcjax.ranking import _check_options, rank, soft_rank
@@ -64,11 +58,6 @@ def _check_min_batch(batch: int) -> None:
             f"student_features must hold at least {MIN_VALID} samples to rank, got a batch of "
             f"{batch}."
         )
-
-
-def _result_dtype(student_features, teacher_features):
-    """float32 for float32 and narrower features; float64 when either is float64 (with x64)."""
-    return jnp.promote_types(jnp.result_type(student_features, teacher_features), jnp.float32)
 
 
 def _compared_set(ref_index, valid_all):
@@ -164,11 +153,8 @@ def _row_losses(
     student_d = _scale_free_dissimilarity(student_ref, student_all, student_dissimilarity)
     scaled = _rank_scale(student_d.astype(dtype), compared, count_safe)
     gap = _excluded_gap(compared.shape[1], regularization_strength)
-    student_ranks = soft_rank(
-        jnp.where(compared, scaled, gap),
-        regularization_strength=regularization_strength,
-        regularization=regularization,
-    ) / count_safe
+    student_ranks = soft_rank(jnp.where(compared, scaled, gap), regularization=regularization,
+                              regularization_strength=regularization_strength) / count_safe
 
     # The pairs scored: all of C_i, or the teacher's `neighbourhood` nearest (averaged ranks).
     scored = compared if neighbourhood is None else compared & (teacher_rank <= neighbourhood)
@@ -176,9 +162,8 @@ def _row_losses(
         squared = jnp.where(scored, (student_ranks - teacher_ranks) ** 2, 0.0)
         row_loss = jnp.sum(squared, axis=-1) / _counts(scored, dtype)[:, 0]
     else:
-        row_loss = 1.0 - _masked_pearson(
-            student_ranks, teacher_ranks, scored, _counts(scored, dtype)
-        )
+        row_count = _counts(scored, dtype)
+        row_loss = 1.0 - _masked_pearson(student_ranks, teacher_ranks, scored, row_count)
     counted = ref_valid & (count >= MIN_VALID - 1)
     total = jnp.sum(jnp.where(counted, row_loss, 0.0))
     # Inf features would otherwise give ranks, hence a finite loss: a broken batch must show.
@@ -186,15 +171,30 @@ def _row_losses(
     return jnp.where(finite, total, jnp.nan), jnp.sum(counted)
 
 
+def _mean_over_references(chunk_sums, num, chunk_size, finite, dtype):
+    """Mean over the references 0..num-1, ``chunk_size`` (None: min(num, 512)) at a time.
+
+    ``chunk_sums(ref_index)`` maps a (chunk,) array of indices (the last chunk padded with
+    indices >= num, which it must not count) to (sum, count). NaN unless `finite` and count > 0.
+    """
+    chunk = min(num, 512 if chunk_size is None else chunk_size)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
+    num_chunks = -(-num // chunk)
+    ref_indices = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
+    totals, counts = jax.lax.map(chunk_sums, ref_indices)
+    count = jnp.sum(counts)
+    defined = finite & (count > 0)
+    return jnp.where(defined, jnp.sum(totals) / jnp.maximum(count, 1), jnp.nan).astype(dtype)
+
+
 def _local_sums(student, teacher, valid, axis_name, options):
     """This device's references against the all-gathered batch: (sum of row losses, count)."""
     batch = student.shape[0]
     gather = lambda x: jax.lax.all_gather(x, axis_name, tiled=True)  # noqa: E731
     ref_index = jax.lax.axis_index(axis_name) * batch + jnp.arange(batch)
-    return _row_losses(
-        student, teacher, ref_index, valid, gather(student), gather(teacher), gather(valid),
-        **options,
-    )
+    return _row_losses(student, teacher, ref_index, valid, gather(student), gather(teacher),
+                       gather(valid), **options)
 
 
 def _explicit_batch_axes(*arrays):
@@ -211,17 +211,11 @@ def _explicit_batch_axes(*arrays):
 
 
 def perception_coherence_loss(
-    student_features: jax.Array,
-    teacher_features: jax.Array,
-    *,
+    student_features: jax.Array, teacher_features: jax.Array, *,
     student_dissimilarity: Dissimilarity = "euclidean",
     teacher_dissimilarity: Dissimilarity = "euclidean",
-    regularization_strength: float = 1.0,
-    regularization: str = "l2",
-    objective: str = "mse",
-    neighbourhood: int | None = None,
-    mask: jax.Array | None = None,
-    axis_name=None,
+    regularization_strength: float = 1.0, regularization: str = "l2", objective: str = "mse",
+    neighbourhood: int | None = None, mask: jax.Array | None = None, axis_name=None,
 ) -> jax.Array:
     """Perception coherence loss between student and teacher features.
 
@@ -281,8 +275,7 @@ def perception_coherence_loss(
       student_features: (B, Ds) student features (any float dtype; ranks are float32).
       teacher_features: (B, Dt) teacher features; no gradient flows to them.
       student_dissimilarity, teacher_dissimilarity: ``"euclidean"``, ``"sqeuclidean"``,
-        ``"cosine"`` or a callable ``d(u, v)`` (see
-        ``pcjax.dissimilarity.pairwise_dissimilarity``).
+        ``"cosine"`` or a callable ``d(u, v)`` (see ``pcjax.dissimilarity.pairwise_dissimilarity``).
       regularization_strength: eps > 0 of the soft rank, in rank units (see above).
       regularization: ``"l2"`` or ``"kl"`` (the soft rank's regularizer).
       objective: ``"mse"`` or ``"spearman"``.
@@ -330,7 +323,7 @@ def perception_coherence_loss(
     batch = student_features.shape[0]
     if axis_name is None:
         _check_min_batch(batch)
-    dtype = _result_dtype(student_features, teacher_features)
+    dtype = _compute_dtype(student_features, teacher_features)
 
     valid = jnp.ones((batch,), bool) if mask is None else jnp.asarray(mask, bool)
     # Padded rows may hold anything: zero them so no NaN/inf reaches a value or a gradient.
@@ -348,9 +341,8 @@ def perception_coherence_loss(
         count = jax.lax.psum(count, axis_name)
     elif (found := _explicit_batch_axes(student, teacher)) is None:
         rows = jnp.arange(batch)
-        total, count = _row_losses(
-            student, teacher, rows, valid, student, teacher, valid, **options
-        )
+        total, count = _row_losses(student, teacher, rows, valid, student, teacher, valid,
+                                   **options)
     else:
         mesh, axes = found
         spec = PartitionSpec(axes)
@@ -379,13 +371,10 @@ def perception_coherence_loss(
 
 
 def pc_score(
-    student_features: jax.Array,
-    teacher_features: jax.Array,
-    *,
+    student_features: jax.Array, teacher_features: jax.Array, *,
     student_dissimilarity: Dissimilarity = "euclidean",
     teacher_dissimilarity: Dissimilarity = "euclidean",
-    mask: jax.Array | None = None,
-    chunk_size: int | None = None,
+    mask: jax.Array | None = None, chunk_size: int | None = None,
 ) -> jax.Array:
     """Perception coherence score: mean Spearman correlation of the two dissimilarity rankings.
 
@@ -430,22 +419,16 @@ def pc_score(
     )
     num = student_features.shape[0]
     _check_min_batch(num)
-    dtype = _result_dtype(student_features, teacher_features)
-    chunk = min(num, 512 if chunk_size is None else chunk_size)
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}.")
+    dtype = _compute_dtype(student_features, teacher_features)
     valid = jnp.ones((num,), bool) if mask is None else jnp.asarray(mask, bool)
     # Padded rows may hold anything (NaN included): only the valid rows are read.
     student = jnp.where(valid[:, None], student_features, 0)
     teacher = jnp.where(valid[:, None], teacher_features, 0)
-    num_chunks = -(-num // chunk)
-    # Padding references up to a whole number of chunks: they are marked invalid.
-    ref_indices = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
 
     def chunk_sums(ref_index):
-        ref_valid = (ref_index < num) & valid[jnp.minimum(ref_index, num - 1)]
-        compared, count = _compared_set(ref_index, valid)
         refs = jnp.minimum(ref_index, num - 1)
+        ref_valid = (ref_index < num) & valid[refs]
+        compared, count = _compared_set(ref_index, valid)
         student_d = _scale_free_dissimilarity(student[refs], student, student_dissimilarity)
         teacher_d = _scale_free_dissimilarity(teacher[refs], teacher, teacher_dissimilarity)
         correlation = _masked_pearson(
@@ -455,8 +438,6 @@ def pc_score(
         counted = ref_valid & (count >= MIN_VALID - 1)
         return jnp.sum(jnp.where(counted, correlation, 0.0)), jnp.sum(counted)
 
-    totals, counts = jax.lax.map(chunk_sums, ref_indices)
-    count = jnp.sum(counts)
     # Ranks of NaN or Inf features would correlate as 0 or better: the score is NaN instead.
-    defined = (count > 0) & jnp.all(jnp.isfinite(student)) & jnp.all(jnp.isfinite(teacher))
-    return jnp.where(defined, jnp.sum(totals) / jnp.maximum(count, 1), jnp.nan).astype(dtype)
+    finite = jnp.all(jnp.isfinite(student)) & jnp.all(jnp.isfinite(teacher))
+    return _mean_over_references(chunk_sums, num, chunk_size, finite, dtype)

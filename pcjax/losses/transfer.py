@@ -182,8 +182,8 @@ class CRDLoss(TransferLoss):
     negatives}. K negatives per sample come from the step's key, drawn from the other classes of
     the split's labels when they are given (class-aware protocol, RepDistiller's "exact" mode), or
     uniformly from the whole split (class-unaware: no labels); the key is the state's, folded with
-    the step. After the loss, `crd.update_banks`
-    writes the stop-gradient embeddings of every row of the global batch into the banks.
+    the step. After the loss, `crd.update_banks` writes the stop-gradient embeddings of every row
+    of the global batch into the banks.
     """
 
     def defaults(self) -> dict[str, Any]:

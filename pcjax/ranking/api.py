@@ -10,9 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pcjax.ranking.blocks import _block_sum
-from pcjax.ranking.checks import (
-    _check_direction, _check_options, _check_values, _compute_dtype,
-)
+from pcjax.ranking.checks import _check_direction, _check_options, _check_values, _compute_dtype
 from pcjax.ranking.native import cpu_backend
 from pcjax.ranking.solve import _soft_op_rows, _solve
 from pcjax.ranking.sort import _sort_rows
@@ -43,13 +41,8 @@ def _finish(out, values, x):
     return out.reshape(values.shape).astype(values.dtype)
 
 
-def soft_rank(
-    values,
-    *,
-    regularization_strength=1.0,
-    regularization: str = "l2",
-    direction: str = "ascending",
-) -> jax.Array:
+def soft_rank(values, *, regularization_strength=1.0, regularization: str = "l2",
+              direction: str = "ascending") -> jax.Array:
     """Soft (differentiable) ranks of `values` along the last axis, 1-based.
 
     r(θ) is the projection of θ/ε onto the permutahedron of ρ = (n, ..., 1) (l2) or its KL
@@ -92,13 +85,8 @@ def soft_rank(
     return _finish(_soft_op_rows(x, inv_eps, "rank", regularization, _solver()), values, x)
 
 
-def soft_sort(
-    values,
-    *,
-    regularization_strength=1.0,
-    regularization: str = "l2",
-    direction: str = "ascending",
-) -> jax.Array:
+def soft_sort(values, *, regularization_strength=1.0, regularization: str = "l2",
+              direction: str = "ascending") -> jax.Array:
     """Soft (differentiable) sort of `values` along the last axis.
 
     s(θ) is the projection of ρ/ε onto the permutahedron of θ (l2) or its KL analogue (Blondel
@@ -146,7 +134,6 @@ def _solver_rounds(values, *, regularization_strength=1.0, regularization: str =
     return _rounds_rows(x, inv_eps, kind, regularization)
 
 
-
 def rank(values, *, direction: str = "ascending") -> jax.Array:
     """Hard ranks along the last axis, 1-based, ties averaged (like scipy.stats.rankdata).
 
@@ -173,11 +160,7 @@ def rank(values, *, direction: str = "ascending") -> jax.Array:
       >>> print(rank(jnp.array([10, 30, 20]), direction="descending"))
       [3. 1. 2.]
     """
-    values = jnp.asarray(values)
-    if values.ndim == 0:
-        raise ValueError(
-            "values must have at least one dimension (the last axis is ranked); got a 0-d array."
-        )
+    values = _check_values(values, floating=False)
     _check_direction(direction)
     out_dtype = values.dtype if jnp.issubdtype(values.dtype, jnp.floating) else jnp.float32
     n = values.shape[-1]

@@ -18,9 +18,7 @@ def _block_sum(v: jax.Array, flat_ids: jax.Array) -> jax.Array:
     """
     r, n = flat_ids.shape
     sums = jax.ops.segment_sum(
-        v.reshape((r * n,) + v.shape[2:]),
-        flat_ids.reshape(-1),
-        num_segments=r * n,
+        v.reshape((r * n,) + v.shape[2:]), flat_ids.reshape(-1), num_segments=r * n,
         indices_are_sorted=True,
     )
     return sums[flat_ids]
@@ -76,7 +74,6 @@ def _exact_prefix_sums(d: jax.Array) -> tuple[jax.Array, jax.Array]:
 class _Blocks(NamedTuple):
     """A partition of each sorted row into blocks, and its per-element statistics."""
 
-    flat_ids: jax.Array  # (R, n) int32: block id, unique across rows
     start: jax.Array  # (R, n) int32: first position of the block
     count: jax.Array  # (R, n) float: block size
     data_agg: jax.Array  # block aggregate of the sorted data d (l2 mean, kl log-sum-exp)
@@ -141,7 +138,7 @@ def _block_stats(x, is_start, kind, reg, inv_eps) -> _Blocks:
         rho_dev = (start - iota) * inv_eps - _sort_rho_extra(count, reg, inv_eps)
     else:
         rho_dev = jnp.zeros_like(x)
-    return _Blocks(flat_ids, start, count, data_agg, data_dev, rho_agg, rho_dev, weights)
+    return _Blocks(start, count, data_agg, data_dev, rho_agg, rho_dev, weights)
 
 
 def _violates(left_data, left_rho, right_data, right_rho, kind):

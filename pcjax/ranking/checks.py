@@ -7,21 +7,18 @@ import math
 import jax
 import jax.numpy as jnp
 
-
 _REGULARIZATIONS = ("l2", "kl")
 _DIRECTIONS = ("ascending", "descending")
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-def _check_values(values) -> jax.Array:
+def _check_values(values, floating: bool = True) -> jax.Array:
+    """`values` as an array of at least one dimension; of a floating dtype if `floating`."""
     values = jnp.asarray(values)
     if values.ndim == 0:
         raise ValueError(
             "values must have at least one dimension (the last axis is ranked); got a 0-d array."
         )
-    if not jnp.issubdtype(values.dtype, jnp.floating):
+    if floating and not jnp.issubdtype(values.dtype, jnp.floating):
         raise ValueError(f"values must have a floating dtype; got {values.dtype}.")
     return values
 

@@ -57,12 +57,17 @@ def _extension_merges(x, prefix, is_start, blocks: _Blocks, violated, kind, reg,
         reset = active & (iota == blocks.start)
         segment_start = reset.at[:, 0].set(True)
     segment_ids = _count(segment_start) - 1 + row_offset
+    segment_op = jax.ops.segment_max if leftward else jax.ops.segment_min
+
+    def over_segments(v, ids):
+        """Each element gets the max (leftward) or min (rightward) of v (R, n') over its segment."""
+        return segment_op(
+            v.reshape(-1), ids.reshape(-1), num_segments=r * n, indices_are_sorted=True
+        )[ids]
+
     if reg == "l2":
         # Leftward the union is [i, segment end], rightward [segment start, i].
-        segment_op = jax.ops.segment_max if leftward else jax.ops.segment_min
-        far = segment_op(
-            iota.reshape(-1), segment_ids.reshape(-1), num_segments=r * n, indices_are_sorted=True
-        )[segment_ids]
+        far = over_segments(iota, segment_ids)
         lo, hi = (iota, far + 1) if leftward else (far, iota + 1)
         union_sum = sum(
             jnp.take_along_axis(p, hi, axis=1) - jnp.take_along_axis(p, lo, axis=1) for p in prefix
@@ -96,19 +101,8 @@ def _extension_merges(x, prefix, is_start, blocks: _Blocks, violated, kind, reg,
     boundary = iota[:, 1:]
     failed = candidate & ~absorbs
     # The first failing boundary seen from the active block ends its run.
-    if leftward:
-        first_failure = jax.ops.segment_max(
-            jnp.where(failed, boundary, -1).reshape(-1), segment_ids.reshape(-1),
-            num_segments=r * n,
-            indices_are_sorted=True,
-        )[segment_ids]
-        merge = candidate & (boundary > first_failure)
-    else:
-        first_failure = jax.ops.segment_min(
-            jnp.where(failed, boundary, n).reshape(-1), segment_ids.reshape(-1), num_segments=r * n,
-            indices_are_sorted=True,
-        )[segment_ids]
-        merge = candidate & (boundary < first_failure)
+    first_failure = over_segments(jnp.where(failed, boundary, -1 if leftward else n), segment_ids)
+    merge = candidate & ((boundary > first_failure) if leftward else (boundary < first_failure))
     return jnp.pad(merge, ((0, 0), (1, 0)))
 
 

@@ -20,7 +20,6 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
-
 _TARGET = "pcjax_soft_op"
 _BACKENDS = ("compiled", "jax")
 
@@ -38,9 +37,7 @@ def _register() -> str | None:
             # Registering a handler of another FFI API version would fail the CPU backend.
             return (f"built for jaxlib {built_for}, running {jaxlib.__version__}; reinstall "
                     "pcjax to rebuild it")
-        jax.ffi.register_ffi_target(
-            _TARGET, jax.ffi.pycapsule(library.PcjaxSoftOp), platform="cpu"
-        )
+        jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(library.PcjaxSoftOp), platform="cpu")
     except (OSError, AttributeError, RuntimeError, ValueError) as error:
         return f"{type(error).__name__}: {error}"
     return None
@@ -87,12 +84,9 @@ def _ffi_rows(x, inv_eps, kind, reg):
     """The FFI call on rows x (..., n) and one 1/ε per row (...,)."""
     out_shape, int_shape = (jax.ShapeDtypeStruct(x.shape, t) for t in (x.dtype, jnp.int32))
     call = jax.ffi.ffi_call(
-        _TARGET, (out_shape, int_shape, out_shape, int_shape),
-        vmap_method="broadcast_all",
+        _TARGET, (out_shape, int_shape, out_shape, int_shape), vmap_method="broadcast_all"
     )
-    return tuple(call(
-        x, inv_eps, kind=np.int32(kind == "sort"), reg=np.int32(reg == "kl")
-    ))
+    return tuple(call(x, inv_eps, kind=np.int32(kind == "sort"), reg=np.int32(reg == "kl")))
 
 
 def _row_shardings(mesh, arg_shapes):

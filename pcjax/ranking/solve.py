@@ -16,9 +16,7 @@ from pcjax.ranking.sort import _sort_rows
 
 
 class _Solution(NamedTuple):
-    out: jax.Array  # (R, n), in input order for ranks, sorted order for sorts
-    out_sorted: jax.Array  # (R, n) in descending-sort order
-    perm: jax.Array  # (R, n) int32: sorted position -> input position
+    out: jax.Array  # (R, n), in input order for ranks, (descending) sorted order for sorts
     inv_perm: jax.Array  # (R, n) int32: input position -> sorted position
     blocks: _Blocks
     rounds: jax.Array  # int32 scalar
@@ -44,9 +42,8 @@ def _solve(x, inv_eps, kind, reg, solver="auto") -> _Solution:
         out_sorted = log_or_value if reg == "l2" else jnp.exp(log_or_value)
         out = jnp.take_along_axis(out_sorted, inv_perm, axis=1)
     else:
-        out_sorted = blocks.rho_dev + blocks.data_agg + centre
-        out = out_sorted  # Sorts keep their output in sorted order.
-    return _Solution(out, out_sorted, perm, inv_perm, blocks, rounds)
+        out = blocks.rho_dev + blocks.data_agg + centre  # Sorts keep their output in sorted order.
+    return _Solution(out, inv_perm, blocks, rounds)
 
 
 def _jax_rows(x, inv_eps, kind, reg, solver):
