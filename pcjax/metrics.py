@@ -1,7 +1,8 @@
 """Evaluation metrics: top-1 accuracy, frozen-feature probes, and student-teacher similarity.
 
-Pure JAX and deterministic; each takes optional masks (True marks a real example) for padded
-evaluation batches. How a run uses them: docs/evaluation.md.
+Pure JAX and deterministic; each returns a float32 scalar (float64 for float64 features where
+noted) and takes optional masks (True marks a real example) for padded evaluation batches. How a
+run uses them: docs/evaluation.md.
 """
 
 import jax
