@@ -30,7 +30,7 @@ import signal
 import sys
 
 # Until pcjax.training.preemption installs its handlers, a signal is only recorded: raised during
-# the imports, it could be lost in a garbage-collector callback or print a traceback.
+# the imports, it could be lost in a garbage-collector callback, print a traceback or abort.
 _SIGNALS = []
 for _signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(_signum, lambda signum, frame: _SIGNALS.append(signum))
@@ -137,9 +137,12 @@ def main(argv):
     try:
         import jax
 
-        # Imported inside main: nothing may touch the devices before distributed init.
+        # Imported inside main (no import touches the devices, which must wait for distributed
+        # init) and while signals are only recorded: an exception raised by a signal handler in
+        # the middle of an extension module's initialization can abort the interpreter.
+        from pcjax.training import config as config_lib
         from pcjax.training import logging as log_lib
-        from pcjax.training import preemption, sharding
+        from pcjax.training import preemption, report, sharding, trainer
 
         if not log_lib.tracebacks_requested():
             log_lib.quiet_library_output()
@@ -147,9 +150,6 @@ def main(argv):
         sharding.maybe_initialize_distributed(
             config.distributed, heartbeat_timeout_seconds=config.heartbeat_timeout_seconds
         )
-        from pcjax.training import config as config_lib
-        from pcjax.training import report, trainer
-
         try:
             results = trainer.run(config, workdir, extend=_EXTEND.value)
             preemption.check()  # A signal whose exception was lost ends the run as interrupted.

@@ -504,6 +504,34 @@ def test_a_signal_during_start_up_ends_the_run_with_one_line(tmp_path, signum, d
         and line.endswith("rerun the same command to resume")), result.stderr[-3000:]
 
 
+_SIGNAL_IN_IMPORT = """
+import importlib.abc, os, runpy, signal, sys
+
+class SignalWhenImported(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "tensorstore":  # An extension module orbax imports.
+            handler = signal.getsignal(signal.SIGTERM)
+            print("handler:", getattr(handler, "__module__", None), flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+sys.meta_path.insert(0, SignalWhenImported())
+sys.argv = ["train.py"] + sys.argv[1:]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_a_signal_while_extension_modules_load_is_only_recorded(tmp_path):
+    """SIGTERM as orbax's extension modules are imported: the handler that runs then only records
+    it (an exception raised inside a module's initialization can abort the interpreter), and the
+    run ends with 143 and one line once the imports are done."""
+    result = train(tmp_path / "workdir", script=("-c", _SIGNAL_IN_IMPORT))
+    assert result.stdout.splitlines() == ["handler: __main__"], result.stdout
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        "train.py: error: terminated by SIGTERM; no checkpoint was written"], result.stderr[-3000:]
+
+
 def test_a_signal_during_start_up_names_an_earlier_runs_checkpoint(finished, tmp_path):
     """Interrupted before any work, a rerun into a workdir with checkpoints says where they are."""
     workdir = copy_of(finished, tmp_path)
