@@ -429,6 +429,35 @@ def test_a_lost_interrupt_stops_the_next_phase_at_its_first_step(handlers):
         preemption.check()
 
 
+class _CoordinationClient:
+    """Answers the coordination service's key lookup with a fixed value or failure."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def key_value_try_get(self, key):
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+def test_the_pod_notice_is_absent_only_when_the_service_says_not_found(monkeypatch):
+    """NOT_FOUND means no process received a notice; any other failure of the coordination
+    service is raised, not read as "no notice" (a pod would train on after a lost signal)."""
+    from jax._src import distributed
+
+    def notice(answer):
+        monkeypatch.setattr(distributed.global_state, "client", _CoordinationClient(answer))
+        return preemption._notice_received()
+
+    assert notice("notice") is True  # The key exists, whatever its value.
+    assert notice(jax.errors.JaxRuntimeError("NOT_FOUND: Config key x not found.")) is False
+    with pytest.raises(jax.errors.JaxRuntimeError, match="UNAVAILABLE"):
+        notice(jax.errors.JaxRuntimeError("UNAVAILABLE: failed to connect"))
+    monkeypatch.setattr(distributed.global_state, "client", None)  # Not a distributed run.
+    assert preemption._notice_received() is False
+
+
 def test_describe_keeps_the_first_line():
     error = ValueError(textwrap.dedent("""\
         Encountered error reading. See full TensorStore details: <bound method ...>

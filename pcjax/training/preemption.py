@@ -114,8 +114,10 @@ def _notice_received() -> bool:
         return False
     try:
         return client.key_value_try_get(_NOTICE_KEY) is not None
-    except jax.errors.JaxRuntimeError:  # NOT_FOUND: no process received a notice.
-        return False
+    except jax.errors.JaxRuntimeError as error:
+        if str(error).startswith("NOT_FOUND"):  # No process received a notice.
+            return False
+        raise  # The coordination service failed: not a notice, and not to be hidden.
 
 
 def check_pod() -> None:
