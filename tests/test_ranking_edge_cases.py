@@ -69,8 +69,11 @@ def test_constant_rows_of_any_value_get_equal_ranks_and_sort_to_themselves(solve
 @pytest.mark.parametrize("reg", ("l2", "kl"))
 def test_a_huge_common_offset_does_not_change_the_ranks(solver, reg):
     # 1e9 + 64 k is exact in float32 (its spacing there is 64); ε of one to four spacings pools
-    # neighbours. The reference ranks the same float64 values, offset included.
-    k = np.random.default_rng(0).permutation(12).reshape(2, 6)
+    # neighbours. The reference ranks the same float64 values, offset included. Eight rows (two
+    # splitting 0..11, six more of 6 of 0..11) share the (8, 6) programs of the constant-row test.
+    rng = np.random.default_rng(0)
+    k = np.concatenate([rng.permutation(12).reshape(2, 6)]
+                       + [rng.permutation(12)[None, :6] for _ in range(6)])
     x = (np.float32(1e9) + 64 * k).astype(np.float32)
     for eps in (64.0, 256.0):
         want = ref_rows("rank", x, eps, reg, "ascending")
