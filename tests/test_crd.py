@@ -233,10 +233,19 @@ def _crd_config(protocol="class_unaware"):
     return config
 
 
-def _crd_phase(config, mesh):
+@pytest.fixture(scope="module")
+def teacher():
+    """The digits teacher on one device, built once for the module (its init compiles in
+    seconds); the CRD options do not reach the teacher phase."""
+    phase = build.teacher_phase(spec_lib.resolve(_crd_config(), sharding.make_mesh(1)))
+    return build.Model(phase.graphdef, state_lib.export_variables(phase.state))
+
+
+def _crd_phase(config, mesh, teacher):
+    """The student phase on `mesh`, its teacher's variables replicated over the mesh."""
     spec = spec_lib.resolve(config, mesh)
-    teacher = build.teacher_phase(spec)
-    teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
+    teacher = build.Model(teacher.graphdef,
+                          jax.device_put(teacher.variables, sharding.replicated(mesh)))
     return build.student_phase(spec, teacher)
 
 
@@ -248,11 +257,11 @@ def _batch(rng, num_examples):
     }
 
 
-def test_distillation_step_trains_crd_and_its_memory_restores_exactly(tmp_path):
+def test_distillation_step_trains_crd_and_its_memory_restores_exactly(tmp_path, teacher):
     """Steps of the student phase's step: finite loss, bank rows move at the batch's indices
     only, Z set by step 1 and kept; a checkpointed state resumes to the uninterrupted state."""
     mesh = sharding.make_mesh(1)
-    phase = _crd_phase(_crd_config(), mesh)
+    phase = _crd_phase(_crd_config(), mesh, teacher)
     memory = phase.state.loss_state["crd"]
     num_examples = memory.bank_s.shape[0]
     assert (memory.bank_s.shape, float(memory.z_s)) == ((num_examples, 16), -1.0)
@@ -280,13 +289,13 @@ def test_distillation_step_trains_crd_and_its_memory_restores_exactly(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, *ends)
 
 
-def test_eight_devices_give_the_one_device_crd_step():
+def test_eight_devices_give_the_one_device_crd_step(teacher):
     """One class-aware CRD step on a global batch: the 8-device mesh gives the 1-device loss,
     update (lr * gradient, at 1e-5 of its largest entry) and memory."""
     results = []
     for n in (1, 8):
         mesh = sharding.make_mesh(n)
-        phase = _crd_phase(_crd_config("class_aware"), mesh)
+        phase = _crd_phase(_crd_config("class_aware"), mesh, teacher)
         num_examples = phase.state.loss_state["crd"].bank_s.shape[0]
         before = jax.device_get(phase.state.params)
         with jax.set_mesh(mesh):
