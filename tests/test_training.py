@@ -45,6 +45,15 @@ def tiny_digits_config(teacher_steps=6, student_steps=6):
     return config
 
 
+@pytest.fixture(scope="module")
+def teacher():
+    """The tiny digits job's teacher on one device, built once for the module's step tests (its
+    init compiles in seconds); only the teacher phase's config reaches it."""
+    spec = spec_lib.resolve(tiny_digits_config(), sharding.make_mesh(1), num_train_examples=100)
+    phase = build.teacher_phase(spec)
+    return build.Model(phase.graphdef, state_lib.export_variables(phase.state))
+
+
 # ----------------------------------------------------------------------------- optimizer
 
 
@@ -277,7 +286,7 @@ def test_divergence_of_any_term_or_parameter_stops_the_run_keeping_a_finite_chec
 # ----------------------------------------------------------------------------- sharding
 
 
-def test_eight_devices_give_the_one_device_loss_trajectory():
+def test_eight_devices_give_the_one_device_loss_trajectory(teacher):
     """Same global batch on a 1-device and an 8-device mesh: same losses and parameters."""
     config = tiny_digits_config()
     config.distill.protocol, config.distill.alpha = "class_aware", 0.5
@@ -297,8 +306,9 @@ def test_eight_devices_give_the_one_device_loss_trajectory():
     for n in (1, 8):
         spec = spec_lib.resolve(config, sharding.make_mesh(n), num_train_examples=100)
         mesh = spec.mesh
-        teacher = build.teacher_phase(spec)
-        teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
+        if n > 1:  # On 8 devices the teacher is built there too (the one-device one is shared).
+            teacher = build.teacher_phase(spec)
+            teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
         student = build.student_phase(spec, teacher)
         state, step = student.state, build.jit_step(student.step, mesh)
         losses_seen = []
@@ -318,14 +328,12 @@ def test_eight_devices_give_the_one_device_loss_trajectory():
 # ----------------------------------------------------------------------------- rate factor, forward
 
 
-def test_a_rate_factor_in_the_state_equals_the_rate_times_the_factor():
+def test_a_rate_factor_in_the_state_equals_the_rate_times_the_factor(teacher):
     """A student built with ``rate_factor=True``, its step compiled once, ends at factors 0.5 and 3
     where plain runs at 0.5x and 3x the learning rate end (adamw updates are linear in the
     rate)."""
     config = tiny_digits_config()
     mesh = sharding.make_mesh(1)
-    teacher = build.teacher_phase(spec_lib.resolve(config, mesh, num_train_examples=100))
-    teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
     rng = np.random.default_rng(0)
     batches = [{"image": rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
                 "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(4)]
@@ -356,11 +364,9 @@ def test_a_rate_factor_in_the_state_equals_the_rate_times_the_factor():
         jax.tree.map(lambda a, b: assert_close(a, b, rtol=1e-4, rel_atol=1e-4), scaled, plain)
 
 
-def test_jitting_a_models_forward_twice_compiles_it_once(caplog):
+def test_jitting_a_models_forward_twice_compiles_it_once(caplog, teacher):
     spec = spec_lib.resolve(tiny_digits_config(), sharding.make_mesh(1), num_train_examples=100)
-    phase = build.teacher_phase(spec)
-    model = build.Model(build.abstract_teacher(spec).graphdef,
-                        state_lib.export_variables(phase.state))
+    model = build.Model(build.abstract_teacher(spec).graphdef, teacher.variables)
     images = np.zeros((3, 8, 8, 1), np.float32)
     with caplog.at_level("WARNING"), jax.log_compiles(True):
         for _ in range(2):
