@@ -16,6 +16,11 @@ from pcjax.losses import pc_score, perception_coherence_loss
 # The batch size, widths and mask of tests/test_sharding_losses.py: shared shapes share compiles.
 B = 16
 
+# pc_score maps its chunks with lax.map, which compiles again at every eager call (a new body
+# each time): the tests that score finite, NaN and masked batches share one jitted pc_score
+# (one compile per shape and mask presence). Its eager calls are test_metrics.py's.
+_pc_score = jax.jit(pc_score)
+
 
 @pytest.fixture(scope="module")
 def features():
@@ -189,8 +194,8 @@ def test_gradient_descent_makes_2d_student_coherent_with_3d_teacher():
 
         return jax.lax.fori_loop(0, 150, step, (student, optimizer.init(student)))[0]
 
-    assert pc_score(student, teacher) < 0.3
-    assert pc_score(descend(student, teacher), teacher) >= 0.9
+    assert _pc_score(student, teacher) < 0.3
+    assert _pc_score(descend(student, teacher), teacher) >= 0.9
 
 
 @pytest.mark.parametrize(
@@ -255,14 +260,14 @@ def test_mask_leaving_two_valid_samples_gives_nan_pc_score(features):
     student, teacher = features
     mask = np.zeros(B, bool)
     mask[[0, 5]] = True
-    assert np.isnan(pc_score(student, teacher, mask=mask))
+    assert np.isnan(_pc_score(student, teacher, mask=mask))
     mask[7] = True  # 3 valid samples: each reference compares 2, a defined correlation.
     expected = np.mean([
         spearmanr(distance.cdist(student[mask], student[mask])[i, others],
                   distance.cdist(teacher[mask], teacher[mask])[i, others]).statistic
         for i in range(3) for others in [np.arange(3) != i]
     ])
-    np.testing.assert_allclose(pc_score(student, teacher, mask=mask), expected, rtol=1e-5)
+    np.testing.assert_allclose(_pc_score(student, teacher, mask=mask), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
@@ -322,7 +327,7 @@ def test_loss_exact_at_huge_and_tiny_feature_scales(features, kind, scale):
 def test_pc_score_exact_at_huge_and_tiny_feature_scales(features, scale):
     student, teacher = features
     c = np.float32(scale)
-    assert_close(pc_score(student * c, teacher * c), pc_score(student, teacher))
+    assert_close(_pc_score(student * c, teacher * c), _pc_score(student, teacher))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -332,11 +337,11 @@ def test_non_finite_valid_features_give_nan_loss_and_pc_score(features, mask, ba
         broken = [student.copy(), teacher.copy()]
         broken[side][3, 0] = bad
         assert np.isnan(perception_coherence_loss(*broken)), side
-        assert np.isnan(pc_score(*broken)), side
+        assert np.isnan(_pc_score(*broken)), side
         # The same value in a masked (padded) row is ignored.
         broken[side][3, 0], broken[side][1, 0] = 1.0, bad
         assert np.isfinite(perception_coherence_loss(*broken, mask=mask)), side
-        assert np.isfinite(pc_score(*broken, mask=mask)), side
+        assert np.isfinite(_pc_score(*broken, mask=mask)), side
 
 
 def test_nan_features_with_fewer_than_three_valid_samples_give_nan_loss(features):
