@@ -9,6 +9,7 @@ comparison against live PyTorch models is tests/test_convert_torch.py.
 
 import argparse
 import collections
+import functools
 import json
 import os
 import pickle
@@ -337,7 +338,10 @@ def _pytorch_weights(arch, seed=0):
     return reference_weights.state_dict(LAYOUTS[arch], seed=seed)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _forward(graphdef, variables, images):
+    """The eval-mode forward pass, compiled as one program (op by op, each layer shape would
+    compile its own convolution, normalization and activation programs)."""
     model = nnx.merge(graphdef, variables["params"], variables["model_state"])
     return model(images, train=False)
 
