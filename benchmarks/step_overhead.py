@@ -38,7 +38,6 @@ from configs import cifar100  # noqa: E402
 from pcjax.training import build, sharding  # noqa: E402
 from pcjax.training import config as config_lib  # noqa: E402
 from pcjax.training import spec as spec_lib  # noqa: E402
-from pcjax.training import state as state_lib  # noqa: E402
 
 PAIR = "resnet32x4_resnet8x4"
 VARIANTS = {"kd": "kd", "pc": "perception_coherence", "rkd": "rkd"}
@@ -53,8 +52,7 @@ def measure(batch_sizes, runs: int, warmup: int) -> list[dict]:
         return spec_lib.resolve(config, mesh, num_train_examples=50000)
 
     spec = resolve().dataset
-    teacher = build.teacher_phase(resolve())
-    teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
+    teacher = build.teacher_phase(resolve()).model()
     rows = []
     for batch_size in batch_sizes:
         rng = np.random.default_rng(batch_size)

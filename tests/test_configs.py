@@ -24,7 +24,6 @@ from pcjax import data
 from pcjax.losses import transfer
 from pcjax.training import build, sharding, spec as spec_lib
 from pcjax.training import config as config_lib
-from pcjax.training import state as state_lib
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -207,8 +206,7 @@ def test_config_runs_a_real_jitted_distillation_step(name, arg):
     """One step of the config's own distillation step, compiled and run on random inputs."""
     spec = resolve(get_config(name, arg))
     mesh = spec.mesh
-    teacher = build.teacher_phase(spec)
-    teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
+    teacher = build.teacher_phase(spec).model()
     phase = build.student_phase(spec, teacher)
     state, step = phase.state, build.jit_step(phase.step, mesh)
     dataset = spec.dataset

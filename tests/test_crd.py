@@ -26,7 +26,6 @@ from pcjax.losses import crd
 from pcjax.losses.crd_heads import CRDHeads
 from pcjax.training import build, checkpoint, sharding, spec as spec_lib
 from pcjax.training import config as config_lib
-from pcjax.training import state as state_lib
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from configs import digits  # noqa: E402
@@ -237,8 +236,7 @@ def _crd_config(protocol="class_unaware"):
 def teacher():
     """The digits teacher on one device, built once for the module (its init compiles in
     seconds); the CRD options do not reach the teacher phase."""
-    phase = build.teacher_phase(spec_lib.resolve(_crd_config(), sharding.make_mesh(1)))
-    return build.Model(phase.graphdef, state_lib.export_variables(phase.state))
+    return build.teacher_phase(spec_lib.resolve(_crd_config(), sharding.make_mesh(1))).model()
 
 
 def _crd_phase(config, mesh, teacher):

@@ -11,7 +11,6 @@ import numpy as np
 from pcjax.training import build, sharding
 from pcjax.training import config as config_lib
 from pcjax.training import spec as spec_lib
-from pcjax.training import state as state_lib
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -31,8 +30,7 @@ def _spec(seed, mesh):
 
 def test_a_member_alone_equals_the_member_trained_after_others(caplog):
     mesh = sharding.make_mesh(1)
-    teacher = build.teacher_phase(_spec(1000, mesh))
-    teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
+    teacher = build.teacher_phase(_spec(1000, mesh)).model()
     rng = np.random.default_rng(0)
     batches = [{"image": rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
                 "label": rng.integers(0, 10, 16).astype(np.int32),

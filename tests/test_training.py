@@ -50,8 +50,7 @@ def teacher():
     """The tiny digits job's teacher on one device, built once for the module's step tests (its
     init compiles in seconds); only the teacher phase's config reaches it."""
     spec = spec_lib.resolve(tiny_digits_config(), sharding.make_mesh(1), num_train_examples=100)
-    phase = build.teacher_phase(spec)
-    return build.Model(phase.graphdef, state_lib.export_variables(phase.state))
+    return build.teacher_phase(spec).model()
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -307,8 +306,7 @@ def test_eight_devices_give_the_one_device_loss_trajectory(teacher):
         spec = spec_lib.resolve(config, sharding.make_mesh(n), num_train_examples=100)
         mesh = spec.mesh
         if n > 1:  # On 8 devices the teacher is built there too (the one-device one is shared).
-            teacher = build.teacher_phase(spec)
-            teacher = build.Model(teacher.graphdef, state_lib.export_variables(teacher.state))
+            teacher = build.teacher_phase(spec).model()
         student = build.student_phase(spec, teacher)
         state, step = student.state, build.jit_step(student.step, mesh)
         losses_seen = []

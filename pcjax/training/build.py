@@ -99,6 +99,11 @@ class Phase:
         """``forward(variables, images)`` of the trained model, built once."""
         return steps_lib.make_forward(self.graphdef)
 
+    def model(self, state: state_lib.TrainState | None = None) -> Model:
+        """The phase's model with the variables of `state` (default: the initial state)."""
+        return Model(self.graphdef, state_lib.export_variables(self.state if state is None
+                                                               else state))
+
 
 def _phase(spec: RunSpec, phase: PhaseSpec, model_fn, make_step, teacher, abstract, rate_factor,
            loss_state_fn=None) -> Phase:

@@ -111,7 +111,7 @@ def student_phase(ctx: Context, teacher: Model) -> Model:
     """
     phase = build.student_phase(ctx.spec, teacher)
     state = run_phase(ctx, phase, _eval_fn(ctx, phase, teacher))
-    return Model(phase.graphdef, state_lib.export_variables(state))
+    return phase.model(state)
 
 
 def evaluate(ctx: Context, teacher: Model, student: Model) -> dict[str, float]:
