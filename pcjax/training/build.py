@@ -101,8 +101,8 @@ class Phase:
 
     def model(self, state: state_lib.TrainState | None = None) -> Model:
         """The phase's model with the variables of `state` (default: the initial state)."""
-        return Model(self.graphdef, state_lib.export_variables(self.state if state is None
-                                                               else state))
+        state = self.state if state is None else state
+        return Model(self.graphdef, state_lib.export_variables(state))
 
 
 def _phase(spec: RunSpec, phase: PhaseSpec, model_fn, make_step, teacher, abstract, rate_factor,
